@@ -1,0 +1,126 @@
+"""
+On-policy rollouts: the student samples G sibling responses per prompt from the FULL image only
+(paper Eq. 1; Algorithm 1, lines 5-7). Sampled tokens are data: no gradient flows through here.
+
+    prompts = model.student_prompts(processor, full_images, questions)       # B prompts
+    ro = sample(student, processor, prompts, group_size=8, max_new_tokens=2048)
+    ro.response_ids, ro.response_mask, ro.old_logp                            # [B*G, T]
+
+Siblings are contiguous rows (b*G .. b*G+G-1), the layout gate.py expects. Greedy decoding
+(`greedy=True`, group_size=1) is what eval.py uses. Works on a plain model, a DDP-wrapped model
+(sampling runs on `.module`) and an FSDP2-sharded model (ranks step in lockstep: synced_gpus).
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
+
+from model import select_prompts, sequence_logprobs, vision_token_ids
+
+
+@dataclass
+class Rollout:
+    prompt_inputs: dict        # student prompts, one row per response: [B*G, P] (+ pixel blocks)
+    response_ids: torch.Tensor   # [B*G, T] long, pad after EOS
+    response_mask: torch.Tensor  # [B*G, T] bool, True up to and including the first EOS
+    truncated: torch.Tensor      # [B*G] bool, True where no EOS came within max_new_tokens
+    old_logp: torch.Tensor       # [B*G, T] fp32 log pi_s(y_k | x, y<k) at sampling time, 0 where masked
+    group_size: int
+    stats: dict = field(default_factory=dict)
+
+
+def unwrap(model):
+    # DDP hides the model in .module; an FSDP2 model IS the model (fully_shard works in place).
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def response_mask_from(response_ids, eos_ids):
+    """[N, T] bool: True up to and including the first EOS of each row; [N] truncated flags."""
+    is_eos = torch.isin(response_ids, torch.as_tensor(eos_ids, device=response_ids.device))
+    # Number of EOS strictly before position k: a token is valid while none came before it.
+    eos_before = is_eos.long().cumsum(dim=1) - is_eos.long()
+    return eos_before == 0, ~is_eos.any(dim=1)
+
+
+@torch.no_grad()
+def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature=1.0, top_p=1.0,
+           greedy=False, seed=None):
+    """Sample `group_size` responses for each of the B prompt rows of `prompts`; return a Rollout.
+
+    seed: None (use the global RNG), an int (one seeded generate call for the batch), or a list of
+    B ints: each prompt is then sampled by its own seeded generate call, so its samples do not
+    depend on which other prompts share the batch (or the rank): the same run on 1 or 8 ranks
+    samples the same tokens. Slower (B calls), so it is a choice, not the default."""
+    if group_size < 1 or max_new_tokens < 1:
+        raise ValueError(f"need group_size >= 1 and max_new_tokens >= 1, got {group_size}, {max_new_tokens}")
+    if greedy and group_size > 1:
+        raise ValueError("greedy decoding gives G identical siblings; use group_size=1 with greedy=True")
+    if not greedy and not (temperature > 0 and 0 < top_p <= 1):
+        raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    net = unwrap(model)
+    device = next(net.parameters()).device
+    num_prompts = prompts["input_ids"].shape[0]
+    # Repeat each prompt G times, siblings contiguous: rows [0]*G + [1]*G + ...
+    rows = torch.arange(num_prompts).repeat_interleave(group_size)
+    inputs = {k: v.to(device) for k, v in select_prompts(prompts, rows).items()}
+
+    gen_cfg = net.generation_config
+    eos_ids = gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id]
+    # Every sampling knob is set explicitly: real Qwen checkpoints ship generation configs with
+    # top_k=1 / top_p=0.001 / repetition penalties that would silently change the policy we sample.
+    knobs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
+                                                      top_p=top_p, top_k=0)
+    # An FSDP2 model runs collectives in every forward, so all ranks must keep stepping until the
+    # slowest rank is done (synced_gpus); DDP samples on .module, with no collectives.
+    synced = isinstance(net, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
+    def generate(rows, seed):
+        # One generate call over the given rollout rows; returns the generated part [n, t].
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            part = {k: v.to(device) for k, v in select_prompts(prompts, rows // group_size).items()}
+            out = net.generate(**part, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
+                               suppress_tokens=vision_token_ids(processor),  # could not be re-scored
+                               eos_token_id=eos_ids, pad_token_id=gen_cfg.pad_token_id,
+                               synced_gpus=synced, **knobs)
+            return out[:, part["input_ids"].shape[1]:]   # generate returns prompt + new tokens
+
+    was_training = net.training
+    net.eval()
+    start = time.perf_counter()
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != num_prompts:
+            raise ValueError(f"got {len(seed)} seeds for {num_prompts} prompts")
+        parts = [generate(torch.arange(b * group_size, (b + 1) * group_size), s) for b, s in enumerate(seed)]
+        # Right-pad the parts to one length T with the pad token (masked below anyway).
+        T = max(p.shape[1] for p in parts)
+        response_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=gen_cfg.pad_token_id)
+                                  for p in parts])
+    else:
+        response_ids = generate(torch.arange(num_prompts * group_size), seed)   # [B*G, T]
+    seconds = time.perf_counter() - start
+    response_mask, truncated = response_mask_from(response_ids, eos_ids)
+
+    # old_logp: log pi_s(y_k | x, y<k) of the sampled tokens under the student as it was when it
+    # sampled, recomputed with one forward pass of the same scoring function the update uses (as
+    # verl does). So the PPO ratio of the first update is exactly 1, and memory stays bounded:
+    # generate's per-step logits would be [T, N, V]. With temperature != 1 the tokens were drawn
+    # from softmax(logits / temperature), but old_logp is still the policy's own (temperature 1)
+    # log-prob, the quantity the loss differentiates: the ratio is pi_new / pi_old of the policy,
+    # not an importance weight against the tempered sampling distribution.
+    old_logp = sequence_logprobs(model, inputs, response_ids, response_mask)
+    net.train(was_training)
+
+    lengths = response_mask.sum(dim=1).float()
+    stats = {
+        "rollout/len_mean": lengths.mean().item(),
+        "rollout/len_max": lengths.max().item(),
+        "rollout/truncated_frac": truncated.float().mean().item(),
+        "rollout/tokens": int(lengths.sum()),
+        "rollout/tokens_per_s": lengths.sum().item() / max(seconds, 1e-9),
+        "rollout/seconds": seconds,
+    }
+    return Rollout(inputs, response_ids, response_mask, truncated, old_logp, group_size, stats)
