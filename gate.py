@@ -113,3 +113,18 @@ def _validate(lp_pos, lp_neg, mask, group_size, alpha, gamma, w_min, w_max, eps)
             row = int(bad.any(dim=1).nonzero()[0])
             raise ValueError(f"evidence_gate: {name} has a non-finite value at a valid response "
                              f"position in row {row} (group {row // group_size})")
+
+
+def auroc(scores, labels):
+    """Area under the ROC curve of `scores` as a detector of boolean `labels` (a diagnostic of the
+    gate: how well does a response's weight tell correct from wrong answers?). It is the
+    probability that a random positive outscores a random negative, ties counting 1/2
+    (Mann-Whitney U). None when only one class is present: the question has no answer then."""
+    scores = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    labels = torch.as_tensor(labels, dtype=torch.bool).flatten()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    # Pairwise comparison: O(n_pos * n_neg), fine for the few thousand rollouts of a step.
+    diff = scores[labels][:, None] - scores[~labels][None, :]
+    return ((diff > 0).double() + 0.5 * (diff == 0).double()).mean().item()

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from gate import evidence_gate
+from gate import auroc, evidence_gate
 
 # One group of G=2 siblings, T=3. Row 1's last position is padding.
 #   Delta row 0 = [-1-(-2), -2-(-2), -3-(-1)] = [1, 0, -2]      Eq. 17
@@ -183,3 +183,11 @@ def test_non_finite_at_valid_position_names_the_row():
     lp_neg[0, 2] = float("-inf")
     with pytest.raises(ValueError, match="lp_neg.*row 0"):
         evidence_gate(LP_POS, lp_neg, MASK, 2)
+
+
+def test_auroc_hand_cases():
+    assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.9, 0.8], [True, True, False, False]) == 0.0
+    # positives 0.5, 0.3; negatives 0.5, 0.1: pairs (0.5>0.5 tie=1/2, 0.5>0.1, 0.3<0.5, 0.3>0.1) = 2.5/4
+    assert auroc([0.5, 0.3, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.625)
+    assert auroc([1.0, 2.0], [True, True]) is None
