@@ -1,0 +1,169 @@
+# Tests of train.py on tiny models, CPU: updates, distributed equality, exact resume, invariants.
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import data
+import gate
+import model as vlm
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--student", "tiny:qwen2_5_vl", "--teacher", "tiny:qwen2_5_vl@1", "--train-data", "synthetic:32:0",
+        "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8", "--lr", "1e-3",
+        "--micro-batch-size", "4", "--teacher-micro-batch", "4", "--per-prompt-seeds"]
+TIMING = ("time/", "tokens_per_s", "rollout/tokens_per_s", "peak_mem_mb")
+
+
+def run(tmp_path, *extra, name="run"):
+    cfg = train.parse_args(TINY + ["--out-dir", str(tmp_path / name), *extra])
+    return cfg, train.train(cfg)
+
+
+def weights_of(path):
+    net, _ = vlm.load(path)
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def without_timing(metrics):
+    return [{k: v for k, v in m.items() if not k.startswith(TIMING)} for m in metrics]
+
+
+def assert_same_weights(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=atol, msg=k)
+
+
+def test_steps_update_weights_and_write_metrics_and_checkpoint(tmp_path):
+    cfg, history = run(tmp_path, "--max-steps", "2", "--save-every", "1")
+    before = weights_of("tiny:qwen2_5_vl")
+    after = weights_of(str(tmp_path / "run" / "ckpt-000002"))
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) > len(before) // 2, changed
+    lines = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [m["step"] for m in lines] == [1, 2]
+    for key in ("loss", "kl/k1_mean", "gate/weight_mean", "time/rollout", "time/teacher", "time/update",
+                "rollout/len_mean", "tokens_per_s", "peak_mem_mb", "diag/rollout_acc"):
+        assert key in lines[0] and lines[0][key] is not None, key
+    assert lines[0]["gate/weight_mean"] == pytest.approx(1.0, abs=1e-6)    # Eq. 19 centres the gate
+    state = torch.load(tmp_path / "run" / "ckpt-000002" / "train_state.pt", weights_only=False)
+    assert state["step"] == 2 and state["optimizer"]["state"]
+    assert json.load(open(tmp_path / "run" / "ckpt-000002" / "train_config.json"))["method"] == "vzero"
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())
+
+
+def test_opd_equals_vzero_with_unit_weights(tmp_path, monkeypatch):
+    _, opd = run(tmp_path, "--max-steps", "2", "--method", "opd", name="opd")
+    ones = lambda lp_pos, lp_neg, mask, G, **kw: (torch.ones(mask.shape[0]), {})
+    monkeypatch.setattr(train, "evidence_gate", ones)
+    _, vz = run(tmp_path, "--max-steps", "2", name="vz")
+    assert [m["loss"] for m in opd] == [m["loss"] for m in vz]
+    assert_same_weights(weights_of(str(tmp_path / "opd" / "ckpt-000002")),
+                        weights_of(str(tmp_path / "vz" / "ckpt-000002")))
+
+
+def test_answers_are_never_read_by_a_training_step(tmp_path, monkeypatch):
+    _, with_answers = run(tmp_path, "--max-steps", "2", name="with")
+    stripped = [ex.without_answer() for ex in data.load_examples("synthetic:32:0")]
+    monkeypatch.setattr(data, "load_examples", lambda spec: stripped)
+    _, without = run(tmp_path, "--max-steps", "2", name="without")
+    assert "diag/rollout_acc" in with_answers[0] and "diag/rollout_acc" not in without[0]
+    strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("diag/")} for m in without_timing(ms)]
+    assert strip(with_answers) == strip(without)
+    assert_same_weights(weights_of(str(tmp_path / "with" / "ckpt-000002")),
+                        weights_of(str(tmp_path / "without" / "ckpt-000002")))
+
+
+def test_vzero_gate_changes_the_update(tmp_path):
+    # The gate must matter: vzero and opd start from the same rollouts but update differently.
+    _, vz = run(tmp_path, "--max-steps", "1", name="vz")
+    _, opd = run(tmp_path, "--max-steps", "1", "--method", "opd", name="opd")
+    assert vz[0]["rollout/len_mean"] == opd[0]["rollout/len_mean"]
+    assert vz[0]["loss"] != opd[0]["loss"]
+
+
+def launch(args, nproc=None, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **(env_extra or {}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] \
+        if nproc else [sys.executable]
+    return subprocess.Popen(cmd + [os.path.join(ROOT, "train.py"), *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one")
+    finish(launch(TINY + ["--max-steps", "2", "--out-dir", str(out)]))
+    return out
+
+
+@pytest.mark.parametrize("sharding", [[], ["--fsdp", "--shard-teacher"]], ids=["ddp", "fsdp2"])
+def test_two_gloo_ranks_equal_one_process(tmp_path, one_process_run, sharding):
+    # Same global batch (4 prompts: 2 per rank), per-prompt seeds: same samples, same update.
+    finish(launch(TINY + ["--max-steps", "2", "--out-dir", str(tmp_path), *sharding], nproc=2))
+    m1 = [json.loads(l) for l in open(one_process_run / "metrics.jsonl")]
+    m2 = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    for a, b in zip(m1, m2, strict=True):
+        assert a["rollout/tokens"] == b["rollout/tokens"]               # the same samples
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["kl/k1_mean"] == pytest.approx(b["kl/k1_mean"], abs=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
+    assert_same_weights(weights_of(str(one_process_run / "ckpt-000002")),
+                        weights_of(str(tmp_path / "ckpt-000002")), atol=1e-5)
+
+
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    args = TINY + ["--max-steps", "4", "--save-every", "2"]
+    straight = launch(args + ["--out-dir", str(tmp_path / "straight")])
+    finish(straight)
+    # Kill -9 a run as soon as its step-2 checkpoint exists (mid-way through step 3), then resume.
+    victim = launch(args + ["--max-steps", "40", "--out-dir", str(tmp_path / "killed")])
+    deadline = time.time() + 300
+    while not (tmp_path / "killed" / "ckpt-000002").exists():
+        assert victim.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finish(launch(args + ["--resume", "--out-dir", str(tmp_path / "killed")]))
+    a = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
+    b = [json.loads(l) for l in open(tmp_path / "killed" / "metrics.jsonl")]
+    assert without_timing(a) == without_timing(b)
+    assert_same_weights(weights_of(str(tmp_path / "straight" / "ckpt-000004")),
+                        weights_of(str(tmp_path / "killed" / "ckpt-000004")))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--prompts-per-step", "3"], "mini-batches"),
+    (["--group-size", "1"], "group-size"),
+    (["--method", "opd-plain", "--pos-view", "random"], "pos-view"),
+])
+def test_impossible_configs_fail_clearly(tmp_path, extra, message):
+    cfg = train.parse_args(TINY + ["--out-dir", str(tmp_path)] + extra)
+    with pytest.raises(ValueError, match=message):
+        train.train(cfg)
+
+
+def test_student_teacher_vocab_mismatch_is_refused(tmp_path, monkeypatch):
+    real_load = vlm.load
+
+    def load(name, **kw):
+        net, proc = real_load(name, **kw)
+        if name.endswith("@1"):                         # the teacher: add one token to its vocab
+            proc.tokenizer.add_tokens(["<extra_token>"])
+        return net, proc
+    monkeypatch.setattr(vlm, "load", load)
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        run(tmp_path, "--max-steps", "1")

@@ -1,0 +1,439 @@
+"""
+Train a VLM student with V-Zero: the plain loop of Algorithm 1, on one process or many.
+
+    torchrun --nproc_per_node=8 train.py --student Qwen/Qwen3-VL-2B-Instruct \\
+        --teacher Qwen/Qwen3-VL-8B-Instruct --train-data data/train.jsonl --out-dir out/vzero
+    python train.py --student tiny:qwen2_5_vl --teacher tiny:qwen2_5_vl --max-steps 2   # CPU smoke
+    python train.py --benchmark ...     # V-Zero vs OPD step time per phase, same config
+
+One step (DESIGN.md): this rank's prompts -> the student samples G responses from the full image
+(rollout.py) -> the frozen teacher replays them under (x, z+) and (x, z-) (teacher.py) -> gate
+weights (gate.py, Eqs. 17-20) -> for each mini-batch: student log-probs with grad (model.py),
+the gated loss with the GLOBAL token count (loss.py, Eqs. 23-24), backward, clip, AdamW step.
+No answer label is read by the step; answers, when the data has them, only feed logged
+diagnostics after the update. Defaults are the authors' released recipe (PAPER.md sec. 6).
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from PIL import Image
+from tqdm import tqdm
+
+import data
+import model as vlm
+from gate import auroc, evidence_gate
+from loss import opd_loss
+from rollout import sample, unwrap
+from teacher import Teacher
+
+
+def arg(default, help, **kw):
+    return field(default=default, metadata=dict(help=help, **kw))
+
+
+@dataclass
+class Config:
+    # models and data
+    student: str = arg("", "student: hub id, local dir, or tiny offline model (tiny:qwen2_5_vl)")
+    teacher: str = arg("", "frozen teacher, same tokenizer as the student (paper: Qwen3.5-27B for a 4B)")
+    train_data: str = arg("synthetic:2048:0", "*.jsonl, the authors' *.parquet, or synthetic:N:SEED")
+    out_dir: str = arg("out/vzero", "metrics.jsonl and checkpoints go here")
+    # the method
+    method: str = arg("vzero", "vzero: gated OPD; opd: weights 1, teacher sees (x, z+); opd-plain: "
+                      "weights 1, teacher sees x only (the paper's no-gate ablation is ambiguous)",
+                      choices=("vzero", "opd", "opd-plain"))
+    pos_view: str = arg("box", "z+: box = crop of the annotated box; random = the paper's harmful "
+                        "random-crop ablation", choices=data.POS_MODES)
+    neg_view: str = arg("paper", "z-: paper = same-size crop away from the box in the 2x-downsampled "
+                        "image; downsample = the release's alternative", choices=data.NEG_MODES)
+    crop_margin: float = arg(0.0, "z+ margin, a fraction of the box size on each side")
+    crop_min_side: int = arg(32, "z+ is grown to at least this many pixels per side")
+    gate_alpha: float = arg(0.5, "w = clip(1 + alpha * a) (Eq. 20); the release uses 0.5, the paper prints 1")
+    gate_gamma: float = arg(1.0, "token score relu(D) - gamma relu(-D); 1 = Eq. 18 (release knob)")
+    gate_w_min: float = arg(0.0, "lower clip of the gate weight (Eq. 20)")
+    gate_w_max: float = arg(2.0, "upper clip of the gate weight (Eq. 20)")
+    estimator: str = arg("k1", "k1 in PPO-clip form (release) or k3", choices=("k1", "k3"))
+    agg: str = arg("token-mean", "token-mean over the global mini-batch (release) or seq-mean-token-mean "
+                   "(the paper's Eq. 24)", choices=("token-mean", "seq-mean-token-mean"))
+    clip_eps: float = arg(0.2, "PPO ratio clip")
+    dual_clip: float = arg(3.0, "PPO dual clip for negative advantages")
+    kl_clamp: float = arg(10.0, "clamp of the per-token KL estimate d_k (Eq. 23)")
+    # optimisation (PAPER.md sec. 6)
+    lr: float = arg(1e-6, "AdamW learning rate, constant")
+    weight_decay: float = arg(0.01, "AdamW weight decay")
+    grad_clip: float = arg(1.0, "gradient-norm clip")
+    prompts_per_step: int = arg(32, "prompts per step over ALL ranks")
+    group_size: int = arg(8, "G sibling responses per prompt")
+    mini_batches: int = arg(2, "optimizer steps per rollout batch (the release: 2)")
+    micro_batch_size: int = arg(8, "rows per student forward/backward (gradient accumulation)")
+    teacher_micro_batch: int = arg(8, "rollout rows per teacher forward (both crop views in one pass)")
+    max_new_tokens: int = arg(2048, "max response length")
+    temperature: float = arg(1.0, "sampling temperature")
+    top_p: float = arg(1.0, "nucleus sampling")
+    per_prompt_seeds: bool = arg(False, "sample each prompt with its own seed: identical samples on any "
+                                 "number of ranks (slower: one generate call per prompt)")
+    max_steps: int = arg(60, "steps (the paper reports step 60)")
+    save_every: int = arg(10, "checkpoint every N steps (and at the end)")
+    resume: bool = arg(False, "continue from the latest checkpoint in out_dir")
+    seed: int = arg(0, "base seed; rank r uses seed + r")
+    # systems
+    fsdp: bool = arg(False, "shard the student with FSDP2 (default: DDP replicas)")
+    shard_teacher: bool = arg(False, "shard the teacher with FSDP2 (a 27B teacher does not fit replicated)")
+    grad_checkpointing: bool = arg(False, "recompute activations in backward to save memory")
+    attn_implementation: str = arg("sdpa", "attention kernel: sdpa, eager, flash_attention_2")
+    benchmark: bool = arg(False, "run vzero and opd on this config and print step time per phase")
+
+
+def parse_args(argv=None):
+    # The command line is generated from the Config fields: --gate-alpha 1.0, --fsdp / --no-fsdp.
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        kw = dict(default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+        if f.type is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = type(f.default)
+            if "choices" in f.metadata:
+                kw["choices"] = f.metadata["choices"]
+        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return Config(**vars(parser.parse_args(argv)))
+
+
+def check_config(cfg, world):
+    # Impossible combinations fail here, before any model is loaded.
+    if not cfg.student or not cfg.teacher:
+        raise ValueError("--student and --teacher are required")
+    if cfg.prompts_per_step % world:
+        raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide over {world} ranks")
+    if (cfg.prompts_per_step // world) % cfg.mini_batches:
+        raise ValueError(f"each rank's {cfg.prompts_per_step // world} prompts must split into "
+                         f"--mini-batches {cfg.mini_batches} of whole groups")
+    if cfg.method == "vzero" and cfg.group_size < 2:
+        raise ValueError("vzero needs --group-size >= 2: the gate compares siblings (Eq. 19)")
+    if cfg.method == "opd-plain" and cfg.pos_view != "box":
+        raise ValueError("--pos-view has no effect with --method opd-plain (the teacher sees no crop)")
+    if min(cfg.max_steps, cfg.save_every, cfg.micro_batch_size, cfg.teacher_micro_batch, cfg.group_size) < 1:
+        raise ValueError("steps, save interval, batch sizes and group size must be >= 1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed setup: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; one process is a world of 1.
+def setup_distributed():
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    dist.init_process_group("nccl" if cuda else "gloo")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def all_sum(values, device, op=dist.ReduceOp.SUM):
+    # Reduce a list of floats over ranks (one collective); identity on one process.
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=op)
+    return t.tolist()
+
+
+def shard_fsdp(net):
+    # FSDP2 (ENV_NOTES): the vision tower is its own unit (generate calls it directly), then every
+    # transformer block, then the root (embeddings, final norm, lm_head).
+    from torch.distributed.fsdp import fully_shard
+    blocks = set(getattr(net, "_no_split_modules", None) or [])
+    for module in list(net.modules()):
+        if type(module).__name__ in blocks:
+            fully_shard(module)
+    fully_shard(net.model.visual)
+    fully_shard(net)
+    return net
+
+
+def build(cfg, rank, world, device, student_dir=None):
+    cuda = device.type == "cuda"
+    student, processor = vlm.load(student_dir or cfg.student, dtype=torch.float32, device=device,
+                                  attn_implementation=cfg.attn_implementation)
+    teacher_model, teacher_processor = vlm.load(cfg.teacher, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                device=device, attn_implementation=cfg.attn_implementation)
+    teacher = Teacher(teacher_model if not cfg.shard_teacher else shard_fsdp(teacher_model), teacher_processor,
+                      student_processor=processor, micro_batch_size=cfg.teacher_micro_batch)
+    if cfg.grad_checkpointing:
+        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    student.train()
+    if world > 1 and cfg.fsdp:
+        student = shard_fsdp(student)
+    elif world > 1:
+        student = torch.nn.parallel.DistributedDataParallel(student, device_ids=[device] if cuda else None)
+    # FSDP2 trap (ENV_NOTES): create the optimizer right after sharding, before any forward, or
+    # updates of the root-level parameters are silently lost.
+    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.999))
+    if world > 1 and cfg.fsdp:
+        # FSDP2 trap: its lazy init must start at the root. generate() calls the vision tower on
+        # its own first, so run one tiny forward through the root before any sampling.
+        warm = vlm.student_prompts(processor, [Image.new("RGB", (64, 64))], ["warm-up"])
+        with torch.no_grad():
+            student(**{k: v.to(device) for k, v in warm.items()})
+    return student, processor, teacher, optimizer
+
+
+# ---------------------------------------------------------------------------------------------
+# Data order: a seeded permutation per epoch; step s takes the next prompts_per_step of the
+# stream and rank r every world-th of them. The position is a function of the step: resume is exact.
+# Returns this rank's [(stream position, example)]; the position also seeds per-prompt sampling.
+def prompts_for_step(examples, step, cfg, rank, world):
+    P, n = cfg.prompts_per_step, len(examples)
+    batch = []
+    for pos in range(step * P, (step + 1) * P):
+        epoch, i = divmod(pos, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        batch.append((pos, examples[int(order[i])]))
+    return data.shard(batch, rank, world)
+
+
+def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, world, device):
+    positions, examples = [pos for pos, _ in batch], [ex for _, ex in batch]
+    timer = {}
+    t0 = time.perf_counter()
+    views = [data.evidence_views(ex, cfg.neg_view, pos_mode=cfg.pos_view, seed=cfg.seed,
+                                 margin=cfg.crop_margin, min_side=cfg.crop_min_side) for ex in examples]
+    full, pos, neg = (list(v) for v in zip(*views))
+    questions = [ex.question for ex in examples]
+    G, B = cfg.group_size, len(examples)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    # 1. On-policy rollout from the full image only (Alg. 1 lines 5-7).
+    # Seeds: per prompt from its global stream position (the same on any number of ranks), or
+    # one per rank and step (one batched generate call). Either way a resumed run samples the same.
+    base = cfg.seed * 1_000_003
+    seed = [base + pos for pos in positions] if cfg.per_prompt_seeds else base + 7_919 * (step * world + rank)
+    with autocast:
+        ro = sample(student, processor, vlm.student_prompts(processor, full, questions), group_size=G,
+                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
+        timer["rollout"] = time.perf_counter() - t0
+        # 2. Teacher replay of the same tokens (Alg. 1 lines 8-10), no grad.
+        t0 = time.perf_counter()
+        views_needed = {"vzero": ("pos", "neg"), "opd": ("pos",), "opd-plain": ("plain",)}[cfg.method]
+        lp = teacher.replay(ro, full, questions, pos_crops=pos, neg_crops=neg, views=views_needed)
+        timer["teacher"] = time.perf_counter() - t0
+
+    # 3. Gate (Eqs. 17-20): one weight per response. Plain OPD: every weight is 1.
+    mask = ro.response_mask
+    if cfg.method == "vzero":
+        weights, gate_stats = evidence_gate(lp["pos"], lp["neg"], mask, G, alpha=cfg.gate_alpha,
+                                            gamma=cfg.gate_gamma, w_min=cfg.gate_w_min, w_max=cfg.gate_w_max)
+    else:
+        weights, gate_stats = torch.ones(B * G, device=device), {}
+    target = lp["plain" if cfg.method == "opd-plain" else "pos"]
+
+    # 4. Update: the rollout batch is split into mini-batches of whole groups, one optimizer step
+    # each; each mini-batch into micro-batches whose gradients accumulate.
+    t0 = time.perf_counter()
+    rows_per_mini = B * G // cfg.mini_batches
+    sums = dict(loss=0.0, k1=0.0, tokens=0.0, clip=0.0, grad_norm=0.0, skipped=0.0)
+    for m in range(cfg.mini_batches):
+        mini = torch.arange(m * rows_per_mini, (m + 1) * rows_per_mini)
+        # Global normalisers, summed over ranks: token-mean divides by ALL tokens of the mini-batch.
+        num_tokens, num_seqs = all_sum([mask[mini].sum().item(), (mask[mini].sum(1) > 0).sum().item()], device)
+        micro_batches = mini.split(cfg.micro_batch_size)
+        optimizer.zero_grad(set_to_none=True)
+        mini_loss = 0.0
+        for i, rows in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            sync_grads(student, last)       # all-reduce gradients once, on the last micro-batch
+            with autocast:
+                logp = vlm.sequence_logprobs(student, vlm.select_prompts(ro.prompt_inputs, rows),
+                                             ro.response_ids[rows], mask[rows])
+            loss, st = opd_loss(logp, ro.old_logp[rows], target[rows], mask[rows], weights[rows],
+                                estimator=cfg.estimator, clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip,
+                                kl_clamp=cfg.kl_clamp, agg=cfg.agg, num_tokens=num_tokens, num_seqs=num_seqs)
+            # DDP/FSDP average gradients over ranks; the loss is already a global mean: undo it.
+            (loss * world).backward()
+            mini_loss += loss.item()
+            sums["k1"] += st["kl/k1_mean"] * st["tokens"]
+            sums["clip"] += st["ppo/clip_frac"] * st["tokens"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        # Guard: a non-finite loss or gradient anywhere skips this update on every rank.
+        mini_loss, = all_sum([mini_loss], device)
+        if math.isfinite(mini_loss) and math.isfinite(grad_norm):
+            optimizer.step()
+        else:
+            sums["skipped"] += 1
+        sums["loss"] += mini_loss / cfg.mini_batches
+        sums["grad_norm"] += grad_norm / cfg.mini_batches
+    optimizer.zero_grad(set_to_none=True)
+    timer["update"] = time.perf_counter() - t0
+
+    # Step metrics over ALL ranks (the gate stats are this rank's: the gate never crosses ranks).
+    k1, clip, tokens, rows, truncated = all_sum([sums["k1"], sums["clip"], mask.sum().item(), len(mask),
+                                                 ro.truncated.sum().item()], device)
+    len_max, = all_sum([mask.sum(1).max().item()], device, op=dist.ReduceOp.MAX)
+    metrics = {"loss": sums["loss"], "kl/k1_mean": k1 / max(tokens, 1), "ppo/clip_frac": clip / max(tokens, 1),
+               "grad_norm": sums["grad_norm"], "skipped_updates": int(sums["skipped"]), **gate_stats,
+               "rollout/tokens": int(tokens), "rollout/len_mean": tokens / rows, "rollout/len_max": int(len_max),
+               "rollout/truncated_frac": truncated / rows, **{f"time/{k}": v for k, v in timer.items()},
+               "rollout/tokens_per_s": tokens / timer["rollout"], "tokens_per_s": tokens / sum(timer.values())}
+    # Diagnostics only, AFTER the update: answers never touch the step above.
+    metrics.update(answer_diagnostics(examples, ro, weights, processor, cfg, device))
+    return metrics
+
+
+def sync_grads(student, enabled):
+    # Skip the gradient all-reduce on all but the last micro-batch of a mini-batch.
+    if isinstance(student, torch.nn.parallel.DistributedDataParallel):
+        student.require_backward_grad_sync = enabled
+    elif hasattr(student, "set_requires_gradient_sync"):       # FSDP2
+        student.set_requires_gradient_sync(enabled)
+
+
+def answer_diagnostics(examples, ro, weights, processor, cfg, device):
+    # Accuracy of the sampled rollouts and AUROC of the gate weight as a detector of correctness.
+    if any(ex.answer is None or not ex.choices for ex in examples):
+        return {}
+    texts = processor.tokenizer.batch_decode(torch.where(ro.response_mask, ro.response_ids, 0).tolist(),
+                                             skip_special_tokens=True)
+    correct = [data.match_choice(t, ex.choices) == ex.answer
+               for t, ex in zip(texts, (ex for ex in examples for _ in range(cfg.group_size)))]
+    n_correct, n = all_sum([sum(correct), len(correct)], device)
+    out = {"diag/rollout_acc": n_correct / n}
+    if cfg.method == "vzero":
+        pairs = [(float(w), c) for w, c in zip(weights.tolist(), correct)]
+        if dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, pairs)
+            pairs = [p for part in gathered for p in part]
+        out["diag/gate_auroc"] = auroc([w for w, _ in pairs], [c for _, c in pairs])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: out_dir/ckpt-000010/ = the student in transformers format (save_pretrained, loads
+# in transformers and vLLM) + processor + train_state.pt (optimizer, step, RNG of every rank) +
+# config.json. Written to a temp dir, then renamed: a killed run never leaves half a checkpoint.
+def save_checkpoint(cfg, step, student, processor, optimizer, rank):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    model_sd, optim_sd = get_state_dict(unwrap(student), optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+    rngs = [rng]
+    if dist.is_initialized():
+        rngs = [None] * dist.get_world_size()
+        dist.all_gather_object(rngs, rng)
+    if rank == 0:
+        final = os.path.join(cfg.out_dir, f"ckpt-{step:06d}")
+        tmp = final + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unwrap(student).save_pretrained(tmp, state_dict=model_sd)
+        processor.save_pretrained(tmp)
+        torch.save({"step": step, "optimizer": optim_sd, "rng": rngs}, os.path.join(tmp, "train_state.pt"))
+        with open(os.path.join(tmp, "train_config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=2)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def latest_checkpoint(out_dir):
+    done = sorted(d for d in os.listdir(out_dir) if d.startswith("ckpt-") and not d.endswith(".tmp")) \
+        if os.path.isdir(out_dir) else []
+    return os.path.join(out_dir, done[-1]) if done else None
+
+
+def restore_training_state(ckpt, student, optimizer, rank, device):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    state = torch.load(os.path.join(ckpt, "train_state.pt"), map_location="cpu", weights_only=False)
+    set_optimizer_state_dict(unwrap(student), optimizer, state["optimizer"],
+                             options=StateDictOptions(full_state_dict=True))
+    rng = state["rng"][rank]
+    torch.set_rng_state(rng["cpu"])
+    if rng["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"])
+    return state["step"]
+
+
+# ---------------------------------------------------------------------------------------------
+def train(cfg, rank=0, world=1, device=torch.device("cpu")):
+    check_config(cfg, world)
+    torch.manual_seed(cfg.seed + rank)                         # per-rank seeds
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    examples = data.load_examples(cfg.train_data)
+    ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
+    if cfg.resume and ckpt is None:
+        raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
+    student, processor, teacher, optimizer = build(cfg, rank, world, device, student_dir=ckpt)
+    start = restore_training_state(ckpt, student, optimizer, rank, device) if ckpt else 0
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if rank == 0:
+        print(json.dumps(dataclasses.asdict(cfg), indent=1))
+        # Keep the metrics of the steps the checkpoint holds; drop any logged after it.
+        kept = [l for l in open(metrics_path)] if ckpt and os.path.exists(metrics_path) else []
+        with open(metrics_path, "w") as f:
+            f.writelines(l for l in kept if json.loads(l)["step"] <= start)
+    history = []
+    bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=rank != 0, desc=cfg.method)
+    for step in bar:
+        batch = prompts_for_step(examples, step, cfg, rank, world)
+        m = train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, world, device)
+        m = {"step": step + 1, **m, "peak_mem_mb": peak_memory_mb(device)}
+        history.append(m)
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(m) + "\n")
+            bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl/k1_mean']:.3f}", len=f"{m['rollout/len_mean']:.0f}")
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
+            save_checkpoint(cfg, step + 1, student, processor, optimizer, rank)
+    return history
+
+
+def peak_memory_mb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # Linux: KiB
+
+
+def benchmark(cfg, rank, world, device):
+    # V-Zero vs OPD on the same config and seeds: median seconds per phase and the ratio.
+    rows = {}
+    for method in ("opd", "vzero"):
+        c = dataclasses.replace(cfg, method=method, out_dir=os.path.join(cfg.out_dir, f"bench-{method}"),
+                                resume=False, save_every=10**9)
+        hist = train(c, rank, world, device)
+        hist = hist[1:] if len(hist) > 1 else hist                 # drop the warm-up step
+        rows[method] = {k: sorted(h[k] for h in hist)[len(hist) // 2]
+                        for k in ("time/rollout", "time/teacher", "time/update", "tokens_per_s")}
+    if rank == 0:
+        print(f"{'phase':<16}{'opd':>10}{'vzero':>10}{'ratio':>8}")
+        for k in rows["opd"]:
+            a, b = rows["opd"][k], rows["vzero"][k]
+            print(f"{k:<16}{a:>10.3f}{b:>10.3f}{b / a:>8.2f}")
+        total = [sum(rows[m][f"time/{p}"] for p in ("rollout", "teacher", "update")) for m in ("opd", "vzero")]
+        print(f"{'step total':<16}{total[0]:>10.3f}{total[1]:>10.3f}{total[1] / total[0]:>8.2f}")
+    return rows
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    rank, world, device = setup_distributed()
+    try:
+        (benchmark if cfg.benchmark else train)(cfg, rank, world, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
