@@ -16,6 +16,7 @@ loss among the G sibling responses of one prompt:
 
 Pure tensor math, torch only, no model: read it, test it and reuse it alone.
     weights, stats = evidence_gate(lp_pos, lp_neg, mask, group_size=8)
+    p, delta = trajectory_scores(lp_pos, lp_neg, mask); a = group_advantages(p, 8)   # the stages
 """
 
 import torch
@@ -31,43 +32,12 @@ def evidence_gate(lp_pos, lp_neg, mask, group_size, *, alpha=0.5, gamma=1.0,
     Values at masked-out positions are never read: they may be padding, NaN or anything.
     """
     _validate(lp_pos, lp_neg, mask, group_size, alpha, gamma, w_min, w_max, eps)
-    mask = mask.bool()
-    N, T = mask.shape
-    G = group_size
-    # Everything below runs in float64 on detached inputs: the gate is a stop-gradient quantity
-    # (Eq. 20's sg[.]), and float64 keeps group statistics free of float32 rounding noise.
-    lp_pos = lp_pos.detach().double()
-    lp_neg = lp_neg.detach().double()
-
-    # Eq. 17: token evidence gap. torch.where (not multiplication by the mask) so that NaN or inf
-    # padding at masked-out positions cannot leak in (NaN * 0 is NaN).
-    delta = torch.where(mask, lp_pos - lp_neg, 0.0)                      # [N, T]
-    # The release's asymmetric token score: gamma < 1 forgives tokens the negative view explains
-    # better, gamma > 1 punishes them harder. gamma = 1 gives s_k = Delta_k exactly (Eq. 18).
-    token_score = delta.clamp(min=0) - gamma * (-delta).clamp(min=0)    # [N, T], 0 where masked
-
-    # Eq. 18: trajectory score = mean over the response's own tokens. A row with no response
-    # tokens has nothing to judge: its score is 0 (clamp avoids 0/0).
-    n_tokens = mask.sum(dim=1)                                           # [N]
-    score = token_score.sum(dim=1) / n_tokens.clamp(min=1)               # [N]
-
-    # Eq. 19: z-score within each group of G siblings. Population std (divide by G, not G-1),
-    # as the paper and the release. A group of one sibling has std 0 and centred score 0 -> a = 0.
-    groups = score.view(-1, G)                                           # [B, G]
-    centred = groups - groups.mean(dim=1, keepdim=True)
-    std = groups.std(dim=1, unbiased=False, keepdim=True)
-    advantage = centred / (std + eps)                                    # [B, G]
-    # Siblings with identical scores carry no contrast (common for short answers: the student
-    # samples the same answer G times). Their mean can differ from each score by one float ulp,
-    # and that ulp / eps is not zero. Say exactly what we mean: equal scores -> a = 0 -> w = 1.
-    no_contrast = (groups == groups[:, :1]).all(dim=1, keepdim=True)     # [B, 1]
-    advantage = torch.where(no_contrast, 0.0, advantage).view(N)         # [N]
-
+    score, delta = trajectory_scores(lp_pos, lp_neg, mask, gamma=gamma)   # Eqs. 17-18, [N]
+    advantage = group_advantages(score, group_size, eps=eps)              # Eq. 19, [N]
     # Eq. 20: clipped, stop-gradient weight. The paper prints 1 + a (alpha = 1); the released
     # recipe uses alpha = 0.5. w_min = 0 lets the gate switch a response's distillation off.
     weights = (1.0 + alpha * advantage).clamp(w_min, w_max).float()      # [N] float32
-
-    valid_delta = delta[mask]
+    valid_delta = delta[mask.bool()]
     stats = {
         "gate/score_mean": score.mean().item(),
         "gate/score_std": score.std(unbiased=False).item(),
@@ -84,6 +54,37 @@ def evidence_gate(lp_pos, lp_neg, mask, group_size, *, alpha=0.5, gamma=1.0,
         "gate/delta_pos_frac": (valid_delta > 0).double().mean().item() if valid_delta.numel() else 0.0,
     }
     return weights, stats
+
+
+def trajectory_scores(lp_pos, lp_neg, mask, *, gamma=1.0):
+    """Eqs. 17-18: the trajectory score p [N] and the token gaps Delta [N, T] (0 where masked).
+    Float64 on detached inputs: the gate is a stop-gradient quantity (Eq. 20's sg[.]), and float64
+    keeps the group statistics below free of float32 rounding noise."""
+    mask = mask.bool()
+    # Eq. 17: token evidence gap. torch.where (not multiplication by the mask) so that NaN or inf
+    # padding at masked-out positions cannot leak in (NaN * 0 is NaN).
+    delta = torch.where(mask, lp_pos.detach().double() - lp_neg.detach().double(), 0.0)   # [N, T]
+    # The release's asymmetric token score: gamma < 1 forgives tokens the negative view explains
+    # better, gamma > 1 punishes them harder. gamma = 1 gives s_k = Delta_k exactly (Eq. 18).
+    token_score = delta.clamp(min=0) - gamma * (-delta).clamp(min=0)    # [N, T], 0 where masked
+    # Eq. 18: mean over the response's own tokens. A row with no response tokens has nothing to
+    # judge: its score is 0 (clamp avoids 0/0).
+    score = token_score.sum(dim=1) / mask.sum(dim=1).clamp(min=1)       # [N]
+    return score, delta
+
+
+def group_advantages(score, group_size, *, eps=1e-6):
+    """Eq. 19: z-score [N] of each score within its group of G contiguous siblings. Population
+    std (divide by G, not G-1), as the paper and the release. A group of one has a = 0."""
+    groups = score.double().view(-1, group_size)                         # [B, G]
+    centred = groups - groups.mean(dim=1, keepdim=True)
+    std = groups.std(dim=1, unbiased=False, keepdim=True)
+    advantage = centred / (std + eps)                                    # [B, G]
+    # Siblings with identical scores carry no contrast (common for short answers: the student
+    # samples the same answer G times). Their mean can differ from each score by one float ulp,
+    # and that ulp / eps is not zero. Say exactly what we mean: equal scores -> a = 0 -> w = 1.
+    no_contrast = (groups == groups[:, :1]).all(dim=1, keepdim=True)     # [B, 1]
+    return torch.where(no_contrast, 0.0, advantage).view(-1)            # [N]
 
 
 def _validate(lp_pos, lp_neg, mask, group_size, alpha, gamma, w_min, w_max, eps):

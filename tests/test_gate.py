@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from gate import auroc, evidence_gate
+from gate import auroc, evidence_gate, group_advantages, trajectory_scores
 
 # One group of G=2 siblings, T=3. Row 1's last position is padding.
 #   Delta row 0 = [-1-(-2), -2-(-2), -3-(-1)] = [1, 0, -2]      Eq. 17
@@ -39,6 +39,15 @@ def test_hand_computed_case_every_equation_and_stat():
     assert stats["gate/delta_mean"] == pytest.approx(0.2)
     assert stats["gate/delta_pos_frac"] == pytest.approx(0.4)
     assert all(isinstance(v, float) for v in stats.values())
+
+
+def test_stage_functions_hand_case():
+    p, delta = trajectory_scores(LP_POS, LP_NEG, MASK)
+    assert p.dtype == torch.float64 and p.tolist() == pytest.approx([-1 / 3, 1.0])       # Eq. 18
+    assert delta.tolist() == [[1.0, 0.0, -2.0], [2.0, 0.0, 0.0]]                         # Eq. 17
+    a = (2 / 3) / (2 / 3 + 1e-6)
+    assert group_advantages(p, 2).tolist() == pytest.approx([-a, a], abs=1e-12)           # Eq. 19
+    assert group_advantages(p, 1).tolist() == [0.0, 0.0]
 
 
 def test_gamma_weights_negative_evidence():
