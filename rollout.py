@@ -27,7 +27,8 @@ class Rollout:
     response_ids: torch.Tensor   # [B*G, T] long, pad after EOS
     response_mask: torch.Tensor  # [B*G, T] bool, True up to and including the first EOS
     truncated: torch.Tensor      # [B*G] bool, True where no EOS came within max_new_tokens
-    old_logp: torch.Tensor       # [B*G, T] fp32 log pi_s(y_k | x, y<k) at sampling time, 0 where masked
+    old_logp: torch.Tensor | None  # [B*G, T] fp32 log pi_s(y_k | x, y<k) at sampling time, 0 where
+                                   # masked; None when sampled with score=False (evaluation)
     group_size: int
     stats: dict = field(default_factory=dict)
 
@@ -47,13 +48,14 @@ def response_mask_from(response_ids, eos_ids):
 
 @torch.no_grad()
 def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature=1.0, top_p=1.0,
-           greedy=False, seed=None):
+           greedy=False, seed=None, score=True):
     """Sample `group_size` responses for each of the B prompt rows of `prompts`; return a Rollout.
 
     seed: None (use the global RNG), an int (one seeded generate call for the batch), or a list of
     B ints: each prompt is then sampled by its own seeded generate call, so its samples do not
     depend on which other prompts share the batch (or the rank): the same run on 1 or 8 ranks
-    samples the same tokens. Slower (B calls), so it is a choice, not the default."""
+    samples the same tokens. Slower (B calls), so it is a choice, not the default.
+    score=False skips the old_logp forward pass (evaluation reads only the tokens)."""
     if group_size < 1 or max_new_tokens < 1:
         raise ValueError(f"need group_size >= 1 and max_new_tokens >= 1, got {group_size}, {max_new_tokens}")
     if greedy and group_size > 1:
@@ -111,7 +113,7 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
     # from softmax(logits / temperature), but old_logp is still the policy's own (temperature 1)
     # log-prob, the quantity the loss differentiates: the ratio is pi_new / pi_old of the policy,
     # not an importance weight against the tempered sampling distribution.
-    old_logp = sequence_logprobs(model, inputs, response_ids, response_mask)
+    old_logp = sequence_logprobs(model, inputs, response_ids, response_mask) if score else None
     net.train(was_training)
 
     lengths = response_mask.sum(dim=1).float()
