@@ -195,11 +195,12 @@ def build(cfg, rank, world, device, student_dir=None):
 # Returns this rank's [(stream position, example)]; the position also seeds per-prompt sampling.
 def prompts_for_step(examples, step, cfg, rank, world):
     P, n = cfg.prompts_per_step, len(examples)
-    batch = []
+    orders, batch = {}, []
     for pos in range(step * P, (step + 1) * P):
         epoch, i = divmod(pos, n)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-        batch.append((pos, examples[int(order[i])]))
+        if epoch not in orders:                              # one permutation per epoch
+            orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+        batch.append((pos, examples[int(orders[epoch][i])]))
     return data.shard(batch, rank, world)
 
 
@@ -242,7 +243,7 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, w
     # each; each mini-batch into micro-batches whose gradients accumulate.
     t0 = time.perf_counter()
     rows_per_mini = B * G // cfg.mini_batches
-    sums = dict(loss=0.0, k1=0.0, tokens=0.0, clip=0.0, grad_norm=0.0, skipped=0.0)
+    sums = dict(loss=0.0, k1=0.0, clip=0.0, grad_norm=0.0, skipped=0.0)
     for m in range(cfg.mini_batches):
         mini = torch.arange(m * rows_per_mini, (m + 1) * rows_per_mini)
         # Global normalisers, summed over ranks: token-mean divides by ALL tokens of the mini-batch.

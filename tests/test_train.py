@@ -81,6 +81,22 @@ def test_answers_are_never_read_by_a_training_step(tmp_path, monkeypatch):
                         weights_of(str(tmp_path / "without" / "ckpt-000002")))
 
 
+def test_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
+    real_loss, calls = train.opd_loss, []
+
+    def nan_first(*args, **kw):                 # the first mini-batch's loss is NaN
+        loss, stats = real_loss(*args, **kw)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 1 else loss), stats
+    monkeypatch.setattr(train, "opd_loss", nan_first)
+    _, history = run(tmp_path, "--max-steps", "2", "--micro-batch-size", "8")   # 2 mini-batches x 1 micro
+    assert [m["skipped_updates"] for m in history] == [1, 0]
+    after = weights_of(str(tmp_path / "run" / "ckpt-000002"))
+    assert all(torch.isfinite(v).all() for v in after.values())
+    before = weights_of("tiny:qwen2_5_vl")
+    assert any(not torch.equal(before[k], after[k]) for k in before)      # the other updates happened
+
+
 def test_vzero_gate_changes_the_update(tmp_path):
     # The gate must matter: vzero and opd start from the same rollouts but update differently.
     _, vz = run(tmp_path, "--max-steps", "1", name="vz")
@@ -93,12 +109,17 @@ def launch(args, nproc=None, env_extra=None):
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **(env_extra or {}))
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"] \
         if nproc else [sys.executable]
+    # A session of its own, so a hung run can be killed with all its workers (finish, below).
     return subprocess.Popen(cmd + [os.path.join(ROOT, "train.py"), *args], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
 def finish(proc, timeout=300):
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     assert proc.returncode == 0, out[-3000:]
     return out
 
@@ -135,7 +156,7 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     while not (tmp_path / "killed" / "ckpt-000002").exists():
         assert victim.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
         time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
+    os.killpg(victim.pid, signal.SIGKILL)
     victim.wait()
     finish(launch(args + ["--resume", "--out-dir", str(tmp_path / "killed")]))
     a = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
