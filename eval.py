@@ -52,17 +52,6 @@ MAX_NEW_TOKENS = 1024  # prompts ask for a letter or a word; thinking is off (PA
 # ----------------------------------------------------------------------------------------------
 # Distribution: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain process is a world of one.
 
-def setup_distributed():
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)  # before init: nccl's object collectives use the current device
-    dist.init_process_group("nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def _world(distributed):
     # (rank, world size) of this call: sharded over the process group if there is one (or if told).
     if distributed is None:
@@ -404,7 +393,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, _, device = setup_distributed()
+    rank, _, device = vlm.setup_distributed()
     try:
         examples = benchmarks.read(args.bench, args.data, args.image_root)[:args.limit]
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU bf16 is slow and lossy

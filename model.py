@@ -21,9 +21,11 @@ Use:
 Tests: `python -m pytest -q tests/test_model.py`.
 """
 
+import os
 import re
 
 import torch
+import torch.distributed
 import torch.nn.functional as F
 import transformers
 from PIL import Image
@@ -395,3 +397,17 @@ def check_compatible(student_processor, teacher_processor):
     if probe_student != probe_teacher:
         raise ValueError(f"student and teacher chat templates render a probe prompt differently:\n"
                          f"student: {probe_student!r}\nteacher: {probe_teacher!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+def setup_distributed():
+    """(rank, world size, device) from torchrun's environment (RANK / WORLD_SIZE / LOCAL_RANK):
+    nccl on GPUs, gloo on CPUs. A plain `python` process is a world of one and starts no group."""
+    cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)  # before init: nccl's object collectives use the current device
+    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device

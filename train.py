@@ -127,19 +127,6 @@ def check_config(cfg, world):
         raise ValueError("steps, save interval, batch sizes and group size must be >= 1")
 
 
-# ---------------------------------------------------------------------------------------------
-# Distributed setup: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; one process is a world of 1.
-def setup_distributed():
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = torch.cuda.is_available()
-    dist.init_process_group("nccl" if cuda else "gloo")
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
 def all_sum(values, device, op=dist.ReduceOp.SUM):
     # Reduce a list of floats over ranks (one collective); identity on one process.
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -428,7 +415,7 @@ def benchmark(cfg, rank, world, device):
 
 def main(argv=None):
     cfg = parse_args(argv)
-    rank, world, device = setup_distributed()
+    rank, world, device = vlm.setup_distributed()
     try:
         (benchmark if cfg.benchmark else train)(cfg, rank, world, device)
     finally:
