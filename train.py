@@ -173,6 +173,9 @@ def build(cfg, rank, world, device, student_dir=None):
         warm = vlm.student_prompts(processor, [Image.new("RGB", (64, 64))], ["warm-up"])
         with torch.no_grad():
             student(**{k: v.to(device) for k, v in warm.items()})
+        # The root keeps its parameters unsharded after a forward (backward usually follows);
+        # reshard so named_parameters() are again the sharded tensors the optimizer holds.
+        student.reshard()
     return student, processor, teacher, optimizer
 
 

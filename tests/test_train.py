@@ -166,6 +166,19 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
                         weights_of(str(tmp_path / "killed" / "ckpt-000004")))
 
 
+def test_fsdp2_resume_equals_uninterrupted(tmp_path):
+    # FSDP2 restores the optimizer through DTensor parameters: a separate path from DDP's.
+    args = TINY + ["--fsdp", "--save-every", "2"]
+    finish(launch(args + ["--max-steps", "3", "--out-dir", str(tmp_path / "straight")], nproc=2))
+    finish(launch(args + ["--max-steps", "2", "--out-dir", str(tmp_path / "resumed")], nproc=2))
+    finish(launch(args + ["--max-steps", "3", "--resume", "--out-dir", str(tmp_path / "resumed")], nproc=2))
+    a = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
+    b = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert without_timing(a) == without_timing(b)
+    assert_same_weights(weights_of(str(tmp_path / "straight" / "ckpt-000003")),
+                        weights_of(str(tmp_path / "resumed" / "ckpt-000003")))
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--prompts-per-step", "3"], "mini-batches"),
     (["--group-size", "1"], "group-size"),
