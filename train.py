@@ -88,8 +88,9 @@ class Config:
     resume: bool = arg(False, "continue from the latest checkpoint in out_dir")
     seed: int = arg(0, "base seed; rank r uses seed + r")
     # systems
-    fsdp: bool = arg(False, "shard the student with FSDP2 (default: DDP replicas)")
-    shard_teacher: bool = arg(False, "shard the teacher with FSDP2 (a 27B teacher does not fit replicated)")
+    fsdp: bool = arg(False, "shard the student with FSDP2 (default: DDP replicas; no-op on one process)")
+    shard_teacher: bool = arg(False, "shard the teacher with FSDP2 (a 27B teacher does not fit replicated; "
+                              "no-op on one process)")
     grad_checkpointing: bool = arg(False, "recompute activations in backward to save memory")
     attn_implementation: str = arg("sdpa", "attention kernel: sdpa, eager, flash_attention_2")
     benchmark: bool = arg(False, "run vzero and opd on this config and print step time per phase")
@@ -148,14 +149,16 @@ def shard_fsdp(net):
     return net
 
 
-def build(cfg, rank, world, device, student_dir=None):
+def build(cfg, world, device, student_dir=None):
     cuda = device.type == "cuda"
     student, processor = vlm.load(student_dir or cfg.student, dtype=torch.float32, device=device,
                                   attn_implementation=cfg.attn_implementation)
     teacher_model, teacher_processor = vlm.load(cfg.teacher, dtype=torch.bfloat16 if cuda else torch.float32,
                                                 device=device, attn_implementation=cfg.attn_implementation)
-    teacher = Teacher(teacher_model if not cfg.shard_teacher else shard_fsdp(teacher_model), teacher_processor,
-                      student_processor=processor, micro_batch_size=cfg.teacher_micro_batch)
+    if world > 1 and cfg.shard_teacher:          # one process has nothing to shard over
+        teacher_model = shard_fsdp(teacher_model)
+    teacher = Teacher(teacher_model, teacher_processor, student_processor=processor,
+                      micro_batch_size=cfg.teacher_micro_batch)
     if cfg.grad_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     student.train()
@@ -365,7 +368,7 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu")):
     ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:
         raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
-    student, processor, teacher, optimizer = build(cfg, rank, world, device, student_dir=ckpt)
+    student, processor, teacher, optimizer = build(cfg, world, device, student_dir=ckpt)
     start = restore_training_state(ckpt, student, optimizer, rank, device) if ckpt else 0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if rank == 0:
