@@ -78,12 +78,12 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
     # An FSDP2 model runs collectives in every forward, so all ranks must keep stepping until the
     # slowest rank is done (synced_gpus); DDP samples on .module, with no collectives.
     synced = isinstance(net, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
-    def generate(rows, seed):
-        # One generate call over the given rollout rows; returns the generated part [n, t].
+
+    def generate(part, seed):
+        # One generate call over the prompt rows in `part`; returns the generated part [n, t].
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            part = {k: v.to(device) for k, v in select_prompts(prompts, rows // group_size).items()}
             out = net.generate(**part, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
                                suppress_tokens=vision_token_ids(processor),  # could not be re-scored
                                eos_token_id=eos_ids, pad_token_id=gen_cfg.pad_token_id,
@@ -96,13 +96,14 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
     if isinstance(seed, (list, tuple)):
         if len(seed) != num_prompts:
             raise ValueError(f"got {len(seed)} seeds for {num_prompts} prompts")
-        parts = [generate(torch.arange(b * group_size, (b + 1) * group_size), s) for b, s in enumerate(seed)]
+        parts = [generate({k: v.to(device) for k, v in select_prompts(prompts, [b] * group_size).items()}, s)
+                 for b, s in enumerate(seed)]
         # Right-pad the parts to one length T with the pad token (masked below anyway).
         T = max(p.shape[1] for p in parts)
         response_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=gen_cfg.pad_token_id)
                                   for p in parts])
     else:
-        response_ids = generate(torch.arange(num_prompts * group_size), seed)   # [B*G, T]
+        response_ids = generate(inputs, seed)                                    # [B*G, T]
     seconds = time.perf_counter() - start
     response_mask, truncated = response_mask_from(response_ids, eos_ids)
 
