@@ -3,6 +3,7 @@ Train a VLM student with V-Zero: the plain loop of Algorithm 1, on one process o
 
     torchrun --nproc_per_node=8 train.py --student Qwen/Qwen3-VL-2B-Instruct \\
         --teacher Qwen/Qwen3-VL-8B-Instruct --train-data data/train.jsonl --out-dir out/vzero
+    python train.py                 # no arguments: the CPU demo on the zoom world (toy.py), minutes
     python train.py --student tiny:qwen2_5_vl --teacher tiny:qwen2_5_vl --max-steps 2   # CPU smoke
     python train.py --benchmark ...     # V-Zero vs OPD step time per phase, same config
 
@@ -360,11 +361,13 @@ def restore_training_state(ckpt, student, optimizer, rank, device):
 
 
 # ---------------------------------------------------------------------------------------------
-def train(cfg, rank=0, world=1, device=torch.device("cpu")):
+def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
+    """Run cfg; returns the per-step metrics. `examples` replaces cfg.train_data with examples
+    already in memory (toy.py passes prompts stripped of their answers)."""
     check_config(cfg, world)
     torch.manual_seed(cfg.seed + rank)                         # per-rank seeds
     os.makedirs(cfg.out_dir, exist_ok=True)
-    examples = data.load_examples(cfg.train_data)
+    examples = examples if examples is not None else data.load_examples(cfg.train_data)
     ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:
         raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
@@ -420,6 +423,9 @@ def benchmark(cfg, rank, world, device):
 
 
 def main(argv=None):
+    if not argv:            # `python train.py`: the CPU demo on the zoom world (toy.py)
+        import toy
+        return toy.demo()
     cfg = parse_args(argv)
     rank, world, device = vlm.setup_distributed()
     try:

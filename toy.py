@@ -1,0 +1,328 @@
+"""
+The zoom world in miniature: a toy teacher and base student for a CPU, the demo, and the result.
+
+    python train.py                 # the demo: build or reuse the toy models, V-Zero, a table
+    python toy.py --results         # base vs OPD vs V-Zero vs random crop, 3 seeds: table + plot
+    python toy.py --models          # only build (or find) the toy teacher and base student
+
+No Qwen checkpoint can be downloaded here, so this file makes the stand-ins for pretrained ones:
+small real-architecture Qwen2.5-VL models (model.py, `small:qwen2_5_vl`, ~9M parameters) trained
+from random weights by ordinary SUPERVISED learning on the zoom world (data.py). ANSWER LABELS
+ARE USED HERE ONLY, to make the two starting points; V-Zero itself (train.py) never reads one.
+- The teacher learns from (x, z+): the full image AND the crop of the boxed target, the view the
+  frozen teacher gets in V-Zero. It reads the glyph from the crop; given an irrelevant crop z-
+  it can only guess.
+- The base student learns from x alone with a deliberately small budget: it answers in the
+  right format (one word, then <|im_end|>) but often wrong, like a small VLM on fine detail.
+Both are saved in transformers format under toy_ckpt/, one folder per setting (a hash of
+every knob below), and reused by later runs.
+
+Then V-Zero trains the base student on held-in prompts WITHOUT answers (Example.without_answer)
+and both students are scored on a held-out split (another seed of the world) with eval.py.
+How this maps to the paper's numbers: README.md, "The zoom-world result".
+"""
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+import data
+import model as vlm
+import train            # train.py imports toy only inside main(), for the no-argument demo
+from eval import evaluate
+from rollout import sample
+
+# ---------------------------------------------------------------------------------------------
+# Settings. Seeds of the world: TRAIN_SEED for every training split, HELDOUT_SEED for evaluation
+# (data.synthetic makes example i of a seed the same for any n, so splits never overlap).
+TRAIN_SEED, HELDOUT_SEED = 0, 1000
+CACHE = "toy_ckpt"
+MAX_NEW_TOKENS = 6   # an answer is 2-3 tokens ("plus" = p-l-us here) and <|im_end|>
+# The zoom world at toy scale (data.synthetic's knobs). A 112 px canvas is what the tiny processor
+# sees without resizing: 8x8 patches, 16 visual tokens, so a CPU step is cheap. The framed target
+# is 48 px with a 30 px glyph (6 px cells), among 2 clutter objects (some are decoy frames with
+# their own glyph). Measured on this model: with 24 px targets and 10-20 px glyphs (the default
+# world) a student trained from scratch on the full view stays at chance for 300 steps, so
+# distillation has nothing to build on; at this size it learns, slowly. The teacher's z+ is the
+# 48 px box upscaled to 112 px (2.3x), its z- a 48 px crop elsewhere.
+WORLD = dict(canvas=112, target_size=48, glyph_px=6, n_distractors=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Supervised:
+    """One supervised run: which view it sees, how long, how fast. Labels: answer + <|im_end|>."""
+    view: str            # "pos": (x, z+) as the V-Zero teacher sees it; "full": x as the student
+    steps: int
+    batch_size: int
+    lr: float
+    init: str = "small:qwen2_5_vl"   # model.load name: random weights, seeded
+    data_seed: int = TRAIN_SEED
+    world: dict = dataclasses.field(default_factory=dict)   # changes to WORLD for this run's data
+
+
+TEACHER = Supervised(view="pos", steps=60, batch_size=16, lr=1e-3, init="small:qwen2_5_vl@1")
+STUDENT = Supervised(view="full", steps=160, batch_size=16, lr=1e-3, init="small:qwen2_5_vl@0",
+                     world=dict(glyph_px=8))
+
+
+def _prompts(processor, examples, view):
+    # view -> prompts: "full" the student's x; "pos"/"neg" the teacher's (x, z+) / (x, z-).
+    questions = [ex.question for ex in examples]
+    if view == "full":
+        return vlm.student_prompts(processor, [ex.image for ex in examples], questions)
+    crops = [data.evidence_views(ex)[1 if view == "pos" else 2] for ex in examples]
+    return vlm.teacher_prompts(processor, [ex.image for ex in examples], crops, questions)
+
+
+def answer_targets(tokenizer, answers):
+    # The supervised target is exactly what the model should generate: "plus<|im_end|>".
+    # -> ids [B, T] long (padded), mask [B, T] bool
+    rows = [tokenizer(a + tokenizer.eos_token, add_special_tokens=False)["input_ids"] for a in answers]
+    T = max(map(len, rows))
+    ids = torch.tensor([r + [tokenizer.pad_token_id] * (T - len(r)) for r in rows])
+    mask = torch.tensor([[True] * len(r) + [False] * (T - len(r)) for r in rows])
+    return ids, mask
+
+
+def _settings(run: Supervised) -> dict:
+    # Everything the model depends on, the world included: the cache key and toy_run.json.
+    return {**dataclasses.asdict(run), "world": {**WORLD, **run.world}}
+
+
+def supervised(run: Supervised, out_dir: str):
+    """Train run.init on labelled zoom-world examples (cross-entropy on the answer tokens, scored
+    with the same `sequence_logprobs` as training) and save it in transformers format."""
+    model, processor = vlm.load(run.init)
+    examples = data.synthetic(run.steps * run.batch_size, run.data_seed, **{**WORLD, **run.world})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=0.01)
+    warmup = max(1, run.steps // 10)        # linear warm-up, then cosine decay to 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * s / run.steps)))
+    model.train()
+    bar = tqdm(range(run.steps), desc=f"supervised {run.view}")
+    for step in bar:
+        batch = examples[step * run.batch_size:(step + 1) * run.batch_size]
+        ids, mask = answer_targets(processor.tokenizer, [ex.answer for ex in batch])   # LABELS
+        logp = vlm.sequence_logprobs(model, _prompts(processor, batch, run.view), ids, mask)  # [B, T]
+        loss = -logp.sum() / mask.sum()          # mean cross-entropy per answer token
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    tmp = out_dir + ".tmp"
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    with open(os.path.join(tmp, "toy_run.json"), "w") as f:
+        json.dump(_settings(run), f, indent=1)
+    os.replace(tmp, out_dir)                   # atomic: a killed build leaves no half model
+
+
+def toy_model(run: Supervised, name: str) -> str:
+    """The folder of the model `run` makes, built on first use: toy_ckpt/NAME-HASH/."""
+    cache = CACHE
+    key = hashlib.sha1(json.dumps(_settings(run), sort_keys=True).encode()).hexdigest()[:10]
+    out_dir = os.path.join(cache, f"{name}-{key}")
+    if not os.path.isdir(out_dir):
+        os.makedirs(cache, exist_ok=True)
+        supervised(run, out_dir)
+    return out_dir
+
+
+@torch.no_grad()
+def view_accuracy(model, processor, examples, view, batch_size=32):
+    """Greedy accuracy of `model` answering from `view` ("full", "pos" or "neg")."""
+    hits = 0
+    for start in range(0, len(examples), batch_size):
+        batch = examples[start:start + batch_size]
+        ro = sample(model, processor, _prompts(processor, batch, view), group_size=1,
+                    max_new_tokens=MAX_NEW_TOKENS, greedy=True, score=False)
+        texts = processor.tokenizer.batch_decode(torch.where(ro.response_mask, ro.response_ids, 0).tolist(),
+                                                 skip_special_tokens=True)
+        hits += sum(data.match_choice(t, ex.choices) == ex.answer for t, ex in zip(texts, batch))
+    return hits / len(examples)
+
+
+# ---------------------------------------------------------------------------------------------
+# Distillation on the toy models: the recipe of train.py scaled to a CPU. Everything not set here
+# is the release's default (gate alpha 0.5, w in [0, 2], k1 PPO-clip, clip 0.2 / dual 3, token-mean,
+# 2 mini-batches per step). Changed for scale: the lr (1e-6 moves a 4B model; a 9M model trained
+# at 1e-3 needs ~5e-5), 6 new tokens for a one-word answer (not 2048), 8 prompts x G = 8 per step.
+DISTILL = dict(lr=5e-5, prompts_per_step=8, group_size=8, micro_batch_size=32, teacher_micro_batch=32,
+               max_new_tokens=MAX_NEW_TOKENS, max_steps=20, save_every=5, attn_implementation="eager")
+N_TRAIN, N_HELDOUT = 2048, 256
+DISTILL_SEED = TRAIN_SEED + 1      # distillation prompts: unseen by the supervised runs
+
+
+def heldout_split():
+    return data.synthetic(N_HELDOUT, HELDOUT_SEED, **WORLD)
+
+
+def distill_prompts(keep_answers=False):
+    # Answers are stripped unless asked for: then they feed only the logged diagnostics.
+    prompts = data.synthetic(N_TRAIN, DISTILL_SEED, **WORLD)
+    return prompts if keep_answers else [ex.without_answer() for ex in prompts]
+
+
+def distill_config(out_dir, **overrides):
+    """train.Config for the toy models (built on first use); overrides: method, pos_view, seed..."""
+    return train.Config(student=toy_model(STUDENT, "student"), teacher=toy_model(TEACHER, "teacher"),
+                        train_data=f"toy.distill_prompts(): synthetic:{N_TRAIN}:{DISTILL_SEED} in toy.WORLD",
+                        out_dir=out_dir, **{**DISTILL, **overrides})
+
+
+def heldout_accuracy(model_dir, examples):
+    # The student's number: eval.py's greedy full-image evaluation, nothing toy-specific.
+    model, processor = vlm.load(model_dir)
+    acc, _ = evaluate(model.eval(), processor, examples, "zoom", batch_size=32,
+                      max_new_tokens=MAX_NEW_TOKENS)
+    return acc["overall"]
+
+
+def check_models(heldout):
+    """Held-out accuracy of the toy teacher (x, z+) and (x, z-) and of the base student (x)."""
+    teacher, processor = vlm.load(toy_model(TEACHER, "teacher"))
+    return {"chance": data.chance_accuracy(heldout),
+            "teacher (x, z+)": view_accuracy(teacher.eval(), processor, heldout, "pos"),
+            "teacher (x, z-)": view_accuracy(teacher, processor, heldout, "neg"),
+            "base student (x)": heldout_accuracy(toy_model(STUDENT, "student"), heldout)}
+
+
+def demo():
+    """`python train.py` with no arguments: toy models -> V-Zero on answer-free prompts -> table."""
+    start = time.time()
+    cfg = distill_config(os.path.join("out", "toy", "demo"), method="vzero", seed=0)
+    heldout = heldout_split()
+    rows = check_models(heldout)
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)     # a fresh run every time
+    # The answers are stripped before training sees the prompts: V-Zero has nothing to read.
+    train.train(cfg, examples=distill_prompts())
+    rows["V-Zero student (x)"] = heldout_accuracy(train.latest_checkpoint(cfg.out_dir), heldout)
+    print(f"\nzoom world, {len(heldout)} held-out questions (seed {HELDOUT_SEED}), greedy answers:")
+    for name, acc in rows.items():
+        print(f"  {name:<22} {100 * acc:5.1f}%")
+    gain = 100 * (rows["V-Zero student (x)"] - rows["base student (x)"])
+    print(f"V-Zero: {gain:+.1f} points over the base student after {cfg.max_steps} steps, no label read; "
+          f"wall time {(time.time() - start) / 60:.1f} min; trained student: {train.latest_checkpoint(cfg.out_dir)}")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The result: base vs plain OPD vs V-Zero vs V-Zero with random "positive" crops, several seeds,
+# the same steps. The prompts keep their answers here ONLY for the logged diagnostics (rollout
+# accuracy, gate AUROC); the step never reads them (tests/test_train.py: stripping them trains
+# identically). Each run's checkpoints (every save_every steps) give the accuracy-vs-step curve.
+ARMS = {"opd": dict(method="opd"), "vzero": dict(method="vzero"),
+        "vzero-random": dict(method="vzero", pos_view="random")}
+
+
+def run_arm(arm, seed, heldout, out="out/toy", **overrides):
+    """Train one arm with one seed (or reuse its finished run) -> {step: held-out acc}, mean AUROC."""
+    cfg = distill_config(os.path.join(out, f"{arm}-s{seed}"), seed=seed, **ARMS[arm], **overrides)
+    done = train.latest_checkpoint(cfg.out_dir)
+    if done is None or not done.endswith(f"{cfg.max_steps:06d}"):
+        # A killed run continues where it stopped; answers kept for the diagnostics only.
+        train.train(dataclasses.replace(cfg, resume=done is not None), examples=distill_prompts(keep_answers=True))
+    ckpts = sorted(d for d in os.listdir(cfg.out_dir) if d.startswith("ckpt-") and not d.endswith(".tmp"))
+    curve = {int(d[5:]): heldout_accuracy(os.path.join(cfg.out_dir, d), heldout) for d in ckpts}
+    metrics = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
+    aurocs = [m["diag/gate_auroc"] for m in metrics if m.get("diag/gate_auroc") is not None]
+    return curve, (statistics.mean(aurocs) if aurocs else None)
+
+
+def results(seeds=(0, 1, 2), out="out/toy", **overrides):
+    heldout = heldout_split()
+    models = check_models(heldout)
+    runs = {arm: [run_arm(arm, s, heldout, out, **overrides) for s in seeds] for arm in ARMS}
+    base = models["base student (x)"]
+    table = ["| student | held-out accuracy % (mean +- sd over seeds) | final - base | gate AUROC |",
+             "|---|---|---|---|", f"| base (no distillation) | {100 * base:.1f} | - | - |"]
+    for arm, per_seed in runs.items():
+        finals = [100 * curve[max(curve)] for curve, _ in per_seed]
+        aurocs = [a for _, a in per_seed if a is not None]
+        table.append(f"| {arm} | {statistics.mean(finals):.1f} +- {statistics.pstdev(finals):.1f} "
+                     f"({', '.join(f'{v:.1f}' for v in finals)}) | {statistics.mean(finals) - 100 * base:+.1f} | "
+                     + (f"{statistics.mean(aurocs):.2f}" if aurocs else "-") + " |")
+    lines = [f"Zoom world, {len(heldout)} held-out questions (seed {HELDOUT_SEED}), seeds {list(seeds)}; "
+             + ", ".join(f"{k} {100 * v:.1f}%" for k, v in models.items()), ""] + table
+    print("\n".join(lines))
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"models": models, "seeds": list(seeds),
+                   "runs": {arm: [{"curve": c, "auroc": a} for c, a in r] for arm, r in runs.items()}}, f, indent=1)
+    plot({arm: [c for c, _ in r] for arm, r in runs.items()}, base, os.path.join(out, "accuracy_vs_step.png"))
+    return models, runs
+
+
+COLOURS = {"opd": (230, 120, 20), "vzero": (30, 110, 220), "vzero-random": (150, 150, 150)}
+
+
+def plot(curves, base, path, size=(640, 400)):
+    """Mean held-out accuracy vs step per arm (one line each, a band for +- sd over seeds), with
+    the base student as step 0. Pillow only: matplotlib is not a dependency."""
+    W, H, left, bottom, top, right = *size, 56, 44, 24, 130
+    steps = sorted({s for runs in curves.values() for c in runs for s in c} | {0})
+    lo = min([base] + [min(c.values()) for runs in curves.values() for c in runs]) - 0.05
+    hi = max([base] + [max(c.values()) for runs in curves.values() for c in runs]) + 0.05
+    X = lambda s: left + (W - left - right) * s / steps[-1]
+    Y = lambda a: top + (H - top - bottom) * (hi - a) / (hi - lo)
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((left, top, W - right, H - bottom), outline=(0, 0, 0))
+    for k in range(11):                                   # y grid every 10 points
+        a = math.floor(lo * 10) / 10 + k / 10
+        if lo <= a <= hi:
+            draw.line((left, Y(a), W - right, Y(a)), fill=(230, 230, 230))
+            draw.text((8, Y(a) - 6), f"{100 * a:.0f}%", fill=(0, 0, 0))
+    for s in steps:
+        draw.text((X(s) - 6, H - bottom + 6), str(s), fill=(0, 0, 0))
+    draw.text(((W - right) // 2 - 10, H - 18), "step", fill=(0, 0, 0))
+    draw.text((left, 2), "held-out accuracy of the student (greedy), mean and +-sd over seeds", fill=(0, 0, 0))
+    draw.line((left, Y(base), W - right, Y(base)), fill=(0, 0, 0), width=1)
+    draw.text((W - right + 8, Y(base) - 6), "base student", fill=(0, 0, 0))
+    for i, (arm, runs) in enumerate(curves.items()):
+        points = []
+        for s in steps:
+            accs = [base if s == 0 else c[s] for c in runs if s == 0 or s in c]
+            points.append((X(s), Y(statistics.mean(accs)), Y(statistics.mean(accs) + statistics.pstdev(accs)),
+                           Y(statistics.mean(accs) - statistics.pstdev(accs))))
+        for x, _, up, down in points:
+            draw.line((x, up, x, down), fill=COLOURS[arm], width=1)          # +- sd over seeds
+        draw.line([(x, y) for x, y, _, _ in points], fill=COLOURS[arm], width=3)
+        draw.text((W - right + 8, top + 16 * i), arm, fill=COLOURS[arm])
+    img.save(path)
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", action="store_true", help="the 3-seed comparison: table + plot in out/toy")
+    parser.add_argument("--models", action="store_true", help="only build (or find) the toy models and check them")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    if args.models:
+        for name, acc in check_models(heldout_split()).items():
+            print(f"{name:<22} {100 * acc:5.1f}%")
+    elif args.results:
+        results(tuple(args.seeds))
+    else:
+        demo()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
