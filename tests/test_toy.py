@@ -110,3 +110,7 @@ def test_results_table_and_plot(tiny_toy, monkeypatch):
     before = os.path.getmtime(path)
     toy.run_arm("vzero", 0, toy.heldout_split())
     assert os.path.getmtime(path) == before
+    # ... but a run of other settings (here another lr) is never silently taken for this one.
+    monkeypatch.setattr(toy, "DISTILL", {**toy.DISTILL, "lr": 1e-3})
+    with pytest.raises(ValueError, match="other settings.*lr"):
+        toy.run_arm("vzero", 0, toy.heldout_split())
