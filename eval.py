@@ -43,7 +43,7 @@ import benchmarks
 import data
 import model as vlm
 from gate import auroc, evidence_gate, group_advantages, trajectory_scores
-from rollout import sample
+from rollout import decode, sample
 from teacher import Teacher
 
 MAX_NEW_TOKENS = 1024  # prompts ask for a letter or a word; thinking is off (PAPER.md sec. 6)
@@ -85,12 +85,6 @@ def blank(ex):
     return Image.new("RGB", ex.size, (128, 128, 128))
 
 
-def _decode(processor, ro):
-    # [N, T] response ids -> N strings; everything after the first EOS is masked to padding first.
-    ids = torch.where(ro.response_mask, ro.response_ids, processor.tokenizer.pad_token_id)
-    return processor.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
-
-
 @torch.no_grad()
 def respond(model, processor, examples, *, batch_size=8, max_new_tokens=MAX_NEW_TOKENS, blind=False,
             progress=False):
@@ -105,7 +99,7 @@ def respond(model, processor, examples, *, batch_size=8, max_new_tokens=MAX_NEW_
         # Greedy, as PAPER.md sec. 8 asks: a temperature-1 eval is a noisy eval.
         ro = sample(model, processor, prompts, group_size=1, max_new_tokens=max_new_tokens, greedy=True,
                     score=False)
-        out += zip(_decode(processor, ro), ro.truncated.tolist())  # ro.response_ids [B, T]
+        out += zip(decode(processor, ro), ro.truncated.tolist())  # ro.response_ids [B, T]
     return out
 
 
@@ -171,7 +165,7 @@ def gate_diagnostics(model, processor, teacher, examples, bench="zoom", *, group
         score, delta = trajectory_scores(lp["pos"], lp["neg"], mask)
         adv = group_advantages(score, G)
         # Rollout row r is sibling r % G of example idx[r // G] (siblings are contiguous rows).
-        for r, text in enumerate(_decode(processor, ro)):
+        for r, text in enumerate(decode(processor, ro)):
             if start + r // G >= len(share):
                 continue  # a padding example (see _share)
             ex = examples[idx[r // G]]

@@ -38,6 +38,13 @@ def unwrap(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def decode(processor, ro):
+    """[N, T] response ids -> N strings. Tokens after the first EOS become padding first, so no
+    sampled-after-EOS token (or a placeholder id that is a real word) reaches the text."""
+    ids = torch.where(ro.response_mask, ro.response_ids, processor.tokenizer.pad_token_id)
+    return processor.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+
+
 def response_mask_from(response_ids, eos_ids):
     """[N, T] bool: True up to and including the first EOS of each row; [N] truncated flags."""
     is_eos = torch.isin(response_ids, torch.as_tensor(eos_ids, device=response_ids.device))

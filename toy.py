@@ -43,7 +43,7 @@ import data
 import model as vlm
 import train            # train.py imports toy only inside main(), for the no-argument demo
 from eval import evaluate
-from rollout import sample
+from rollout import decode, sample
 
 # ---------------------------------------------------------------------------------------------
 # Settings. Seeds of the world: TRAIN_SEED for every training split, HELDOUT_SEED for evaluation
@@ -84,8 +84,9 @@ def _prompts(processor, examples, view):
     questions = [ex.question for ex in examples]
     if view == "full":
         return vlm.student_prompts(processor, [ex.image for ex in examples], questions)
-    crops = [data.evidence_views(ex)[1 if view == "pos" else 2] for ex in examples]
-    return vlm.teacher_prompts(processor, [ex.image for ex in examples], crops, questions)
+    views = [data.evidence_views(ex) for ex in examples]     # (full, pos, neg): one render each
+    return vlm.teacher_prompts(processor, [v[0] for v in views], [v[1 if view == "pos" else 2] for v in views],
+                               questions)
 
 
 def answer_targets(tokenizer, answers):
@@ -153,9 +154,7 @@ def view_accuracy(model, processor, examples, view, batch_size=32):
         batch = examples[start:start + batch_size]
         ro = sample(model, processor, _prompts(processor, batch, view), group_size=1,
                     max_new_tokens=MAX_NEW_TOKENS, greedy=True, score=False)
-        texts = processor.tokenizer.batch_decode(torch.where(ro.response_mask, ro.response_ids, 0).tolist(),
-                                                 skip_special_tokens=True)
-        hits += sum(data.match_choice(t, ex.choices) == ex.answer for t, ex in zip(texts, batch))
+        hits += sum(data.match_choice(t, ex.choices) == ex.answer for t, ex in zip(decode(processor, ro), batch))
     return hits / len(examples)
 
 

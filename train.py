@@ -35,7 +35,7 @@ import data
 import model as vlm
 from gate import auroc, evidence_gate
 from loss import opd_loss
-from rollout import sample, unwrap
+from rollout import decode, sample, unwrap
 from teacher import Teacher
 
 
@@ -298,8 +298,7 @@ def answer_diagnostics(examples, ro, weights, processor, cfg, device):
     # Accuracy of the sampled rollouts and AUROC of the gate weight as a detector of correctness.
     if any(ex.answer is None or not ex.choices for ex in examples):
         return {}
-    texts = processor.tokenizer.batch_decode(torch.where(ro.response_mask, ro.response_ids, 0).tolist(),
-                                             skip_special_tokens=True)
+    texts = decode(processor, ro)
     correct = [data.match_choice(t, ex.choices) == ex.answer
                for t, ex in zip(texts, (ex for ex in examples for _ in range(cfg.group_size)))]
     n_correct, n = all_sum([sum(correct), len(correct)], device)
