@@ -193,14 +193,17 @@ def build_tiny(family="qwen2_5_vl", size="tiny", seed=0):
     return _finish(model, processor), processor
 
 
-def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, trust_remote_code=False):
-    """(model, processor) from a hub id, a local dir, or an offline spec "SIZE:FAMILY[@SEED]"."""
+def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, trust_remote_code=False,
+         min_pixels=None, max_pixels=None):
+    """(model, processor) from a hub id, a local dir, or an offline spec "SIZE:FAMILY[@SEED]".
+    min_pixels / max_pixels override the image processor's bounds (see `set_pixel_bounds`)."""
     spec = re.fullmatch(r"(tiny|small):(\w+?)(?:@(\d+))?", name)
     if spec:
         size, family, seed = spec.group(1), spec.group(2), int(spec.group(3) or 0)
         model, processor = build_tiny(family, size, seed)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
+        set_pixel_bounds(processor, min_pixels, max_pixels)
         return model.to(device=device, dtype=dtype), processor
     if ":" in name and not name.startswith(("/", ".")):
         raise ValueError(f"bad tiny model spec {name!r}: expected SIZE:FAMILY[@SEED] with SIZE in {sorted(SIZES)}"
@@ -215,7 +218,23 @@ def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, t
     if processor.chat_template is None:  # some checkpoints keep the template on the tokenizer only
         processor.chat_template = processor.tokenizer.chat_template
     processor.tokenizer.padding_side = "left"  # hub Qwen tokenizers pad on the right by default
+    set_pixel_bounds(processor, min_pixels, max_pixels)
     return _finish(model, processor).to(device), processor
+
+
+def set_pixel_bounds(processor, min_pixels=None, max_pixels=None):
+    """Every image is resized (aspect kept, sides snapped to patch * merge) to between min_pixels and
+    max_pixels before it is cut into patches, so these two numbers decide how many visual tokens a
+    prompt holds: about pixels / (patch * merge)^2, e.g. 16,384 tokens for a 4096^2 image at patch
+    16. The release trains with [65,536, 16,777,216] (256^2 to 4096^2). None keeps the
+    processor's own bound. Returns the (min, max) in force."""
+    size = processor.image_processor.size
+    lo = size["shortest_edge"] if min_pixels is None else int(min_pixels)
+    hi = size["longest_edge"] if max_pixels is None else int(max_pixels)
+    if not 0 < lo <= hi:
+        raise ValueError(f"need 0 < min_pixels <= max_pixels, got {lo} and {hi}")
+    processor.image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
+    return lo, hi
 
 
 def _finish(model, processor):

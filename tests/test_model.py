@@ -387,3 +387,16 @@ def test_check_compatible_compares_tokenizers_and_templates(tiny):
     system_template.chat_template = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n" + M.CHAT_TEMPLATE
     with pytest.raises(ValueError, match="chat templates render"):
         M.check_compatible(processor, system_template)
+
+
+def test_pixel_bounds_decide_the_number_of_visual_tokens(tmp_path):
+    image = noise_image(0, 224, 224)
+    count = lambda proc: int(M.student_prompts(proc, [image], ["q?"])["image_grid_thw"].prod()) // 4  # merged
+    _, default = M.load("tiny:qwen2_5_vl")
+    _, small = M.load("tiny:qwen2_5_vl", max_pixels=112 * 112)
+    _, big = M.load("tiny:qwen2_5_vl", min_pixels=448 * 448, max_pixels=448 * 448)
+    assert (count(default), count(small), count(big)) == (64, 16, 256)   # 224^2, 112^2, 448^2 px / 28^2
+    small.save_pretrained(tmp_path)                                      # the bounds travel with the processor
+    assert count(M.QwenImageProcessor.from_pretrained(tmp_path)) == 16
+    with pytest.raises(ValueError, match="min_pixels <= max_pixels"):
+        M.load("tiny:qwen2_5_vl", min_pixels=200 * 200, max_pixels=100 * 100)
