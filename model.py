@@ -306,10 +306,15 @@ def teacher_prompts(processor, full_images, crops, questions):
                           [f"{TEACHER_CROP_NOTE}\n{q}" for q in questions])
 
 
-def select_prompts(inputs, rows):
-    """Prompt rows in the given order, repetition allowed: [0]*G + [1]*G ... repeats each prompt for
-    its G siblings; a slice of rows is a micro-batch. Columns that are padding in every selected row
-    are dropped (left padding keeps the prompts right-aligned, so nothing else moves)."""
+def select_prompts(inputs, rows, *, start=None, stop=None):
+    """Prompt rows in the given order, repetition allowed ([0]*G + [1]*G ... repeats each prompt for
+    its G siblings; a slice of rows is a micro-batch), re-padded on the left.
+
+    start / stop (an int or one per selected row, Python-slice semantics) cut each row to its
+    tokens [start, stop), counted over the row's REAL tokens, so the cut does not depend on how the
+    batch was padded: the teacher splits its prompts into the part both views share and the rest
+    (prefix.py). The images whose tokens lie inside a row's cut come with it; cutting through an
+    image is an error."""
     known = {"input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw"}
     if set(inputs) - known:
         raise ValueError(f"select_prompts does not know how to select {sorted(set(inputs) - known)}")
@@ -317,36 +322,76 @@ def select_prompts(inputs, rows):
     rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1).cpu()
     if rows.numel() == 0 or rows.min() < 0 or rows.max() >= num_prompts:
         raise ValueError(f"rows must be a non-empty list of indices in [0, {num_prompts}), got {rows.tolist()}")
-    mask = inputs["attention_mask"][rows]  # [n, P]
-    first_column = int(mask.any(0).long().argmax())  # left padding: all rows are padding before this
-    out = {key: inputs[key][rows][:, first_column:]  # [n, P'], P' <= P
-           for key in ("input_ids", "attention_mask", "mm_token_type_ids") if key in inputs}
-    if "pixel_values" in inputs:
-        if "mm_token_type_ids" not in inputs:
+    per_row = lambda v: [v] * len(rows) if v is None or isinstance(v, int) else [None if x is None else int(x) for x in v]
+    starts, stops = per_row(start), per_row(stop)
+    mm = inputs.get("mm_token_type_ids")
+    has_images = "pixel_values" in inputs
+    if has_images:
+        if mm is None:
             raise ValueError("select_prompts needs mm_token_type_ids to know which images belong to which row")
         # Which images belong to which row: each image is one run of image tokens (type 1); the
         # runs of two images are separated by <|vision_end|><|vision_start|>.
-        is_image = inputs["mm_token_type_ids"] == 1  # [B, P]
-        run_starts = is_image & ~F.pad(is_image, (1, 0))[:, :-1]
-        images_per_row = run_starts.sum(1).cpu()  # [B]
+        is_image = mm == 1                                                   # [B, P]
+        images_per_row = (is_image & ~F.pad(is_image, (1, 0))[:, :-1]).sum(1).cpu()   # [B]
         grid = inputs["image_grid_thw"]  # [num images, 3] = (t, h, w) in patches, images in row order
         if int(images_per_row.sum()) != grid.shape[0]:
             raise ValueError(f"the prompts hold {int(images_per_row.sum())} images but image_grid_thw has "
                              f"{grid.shape[0]} rows; were the prompts encoded by encode_prompts?")
-        first_image = torch.cumsum(images_per_row, 0) - images_per_row  # [B] index of each row's 1st image
+        first_image = torch.cumsum(images_per_row, 0) - images_per_row    # [B] index of each row's 1st image
         # pixel_values are flattened patches [sum of patches, D]: image i owns t*h*w consecutive rows.
-        patches = grid.prod(-1).cpu()  # [num images]
-        first_patch = torch.cumsum(patches, 0) - patches  # [num images]
-        images = [int(first_image[r]) + j for r in rows.tolist() for j in range(int(images_per_row[r]))]
-        if images:
-            out["image_grid_thw"] = grid[images]
-            patch_rows = torch.cat([torch.arange(first_patch[i], first_patch[i] + patches[i]) for i in images])
-            out["pixel_values"] = inputs["pixel_values"][patch_rows.to(inputs["pixel_values"].device)]
+        patches = grid.prod(-1).cpu()                                        # [num images]
+        first_patch = torch.cumsum(patches, 0) - patches                     # [num images]
+    pieces, images = [], []
+    for r, a, b in zip(rows.tolist(), starts, stops):
+        real = inputs["attention_mask"][r].bool()
+        keep = torch.arange(int(real.sum()))[slice(a, b)]                    # positions among real tokens
+        if keep.numel() == 0:
+            raise ValueError(f"row {r}: the cut [{a}, {b}) holds no token")
+        pieces.append({k: inputs[k][r][real][keep] for k in ("input_ids", "mm_token_type_ids") if k in inputs})
+        if has_images:
+            row_image = mm[r][real].cpu() == 1
+            run_start = (row_image & ~F.pad(row_image, (1, 0))[:-1]).nonzero().flatten().tolist()
+            run_end = (row_image & ~F.pad(row_image, (0, 1))[1:]).nonzero().flatten().tolist()
+            lo, hi = int(keep[0]), int(keep[-1]) + 1
+            for j, (s, e) in enumerate(zip(run_start, run_end)):
+                if lo <= s and e < hi:
+                    images.append(int(first_image[r]) + j)
+                elif s < hi and e >= lo:
+                    raise ValueError(f"row {r}: the cut [{a}, {b}) splits image {j} (its tokens {s}..{e})")
+    # Left padding: every row ends at the last column.
+    width = max(len(p["input_ids"]) for p in pieces)
+    pad = lambda t, value: F.pad(t, (width - len(t), 0), value=value)
+    out = {"input_ids": torch.stack([pad(p["input_ids"], 0) for p in pieces]),
+           "attention_mask": torch.stack([pad(torch.ones_like(p["input_ids"]), 0) for p in pieces])}
+    if mm is not None:
+        out["mm_token_type_ids"] = torch.stack([pad(p["mm_token_type_ids"], 0) for p in pieces])
+    if images:
+        out["image_grid_thw"] = grid[images]
+        patch_rows = torch.cat([torch.arange(first_patch[i], first_patch[i] + patches[i]) for i in images])
+        out["pixel_values"] = inputs["pixel_values"][patch_rows.to(inputs["pixel_values"].device)]
     return BatchFeature(out)
 
 
 # ----------------------------------------------------------------------------------------------
-# Scoring: log pi(y_k | prompt, y_<k) for every response token k (Alg. 1 lines 8-10).
+# Scoring helpers: log pi(y_k | prompt, y_<k) for every answer token k (Alg. 1 lines 8-10).
+# The path every phase uses encodes each prompt once for its G answers: prefix.py. Here: what both
+# paths share, and the plain repeated-prompt path that the tests and bench.py check it against.
+def check_answers(answer_ids, answer_mask, rows):
+    """Validate [N, T] answers (ids, mask True up to and including EOS) for N = len(rows) prompt rows."""
+    n, t = answer_ids.shape
+    if len(rows) != n or answer_mask.shape != (n, t) or t == 0:
+        raise ValueError(f"need one prompt row per answer and answer_mask the shape of answer_ids [N, T>0]; got "
+                         f"{len(rows)} prompt rows, answer_ids {tuple(answer_ids.shape)}, answer_mask "
+                         f"{tuple(answer_mask.shape)}")
+    mask = answer_mask.bool()
+    if (mask[:, 1:] & ~mask[:, :-1]).any():
+        raise ValueError("answer_mask must be True on a prefix of each row (the tokens up to and including "
+                         "EOS) and False after it; a hole would change what later tokens were conditioned on")
+    # Ids after EOS may be anything (pad, -100): they come after every real token and are masked
+    # from attention, so any valid id does; 0 keeps the embedding lookup and gather in range.
+    return torch.where(mask, answer_ids, 0), mask
+
+
 def _token_logprobs(logits, token_ids):
     # [n, c, V] logits in the model's dtype -> [n, c] fp32 log-probs of the given tokens. The fp32
     # copy exists for one chunk only.
@@ -354,49 +399,42 @@ def _token_logprobs(logits, token_ids):
     return logits.gather(-1, token_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
-def sequence_logprobs(model, prompt_inputs, response_ids, response_mask, *, chunk_size=32):
-    """log-prob [N, T] fp32 of each response token under `model` given its prompt row; 0 where the
-    mask is False. One forward pass through `model` itself (which may be a DDP/FSDP wrapper)."""
-    n, t = response_ids.shape
-    if prompt_inputs["input_ids"].shape[0] != n or response_mask.shape != (n, t) or t == 0:
-        raise ValueError(f"need prompt rows == response rows and response_mask the shape of response_ids "
-                         f"[N, T>0]; got {prompt_inputs['input_ids'].shape[0]} prompt rows, response_ids "
-                         f"{tuple(response_ids.shape)}, response_mask {tuple(response_mask.shape)}")
-    mask = response_mask.bool()
-    if (mask[:, 1:] & ~mask[:, :-1]).any():
-        raise ValueError("response_mask must be True on a prefix of each row (the tokens up to and including "
-                         "EOS) and False after it; a hole would change what later tokens were conditioned on")
-    device = response_ids.device
-    inputs = {k: v.to(device) for k, v in prompt_inputs.items()}
-    # Ids after EOS may be anything (pad, -100): they are masked out of attention and come after
-    # every real token, so any valid id does; 0 keeps the embedding lookup and gather in range.
-    response_ids = torch.where(mask, response_ids, 0)
-    # Response token k sits at sequence position P + k and is predicted by the logits at position
-    # P + k - 1. So feed prompt + response[:, :-1] (length P + T - 1; the last token predicts
-    # nothing we need) and keep the logits of the last T positions, P - 1 .. P + T - 2: kept logit j
-    # predicts response token j. Prompt positions never produce vocabulary logits.
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], response_ids[:, :-1]], 1)  # [N, P+T-1]
-    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask[:, :-1].long()], 1)
-    if "mm_token_type_ids" in inputs:  # response tokens are text (type 0)
-        mm = inputs["mm_token_type_ids"]
-        inputs["mm_token_type_ids"] = torch.cat([mm, mm.new_zeros(n, t - 1)], 1)
-    # ONE call through `model` itself, never model.model or lm_head: a DDP/FSDP wrapper's hooks
-    # (gradient sync, parameter gathering) run only on its own forward. No KV cache is needed.
-    logits = model(**inputs, logits_to_keep=t, use_cache=False).logits  # [N, T, V], model dtype
-    if logits.shape[:2] != (n, t):
-        raise ValueError(f"model returned logits {tuple(logits.shape)}; expected [{n}, {t}, V]")
-    # Log-softmax in fp32, a chunk of positions at a time, so no [N, T, V] fp32 copy (bf16 model)
-    # or [N, T, V] logsumexp temporaries (any model) ever exist: extra memory N x chunk x V x 4 bytes.
-    # With grad, each chunk is recomputed in backward (checkpoint) instead of saving its fp32 copy.
-    # (`split`, not slicing: the backward of a slice allocates a zero [N, T, V] gradient per chunk.)
+def answer_logprobs(logits, answer_ids, mask, *, chunk_size=32):
+    """[N, T, V] logits (logit j predicts answer token j) -> [N, T] fp32 log-probs, 0 where masked.
+    Log-softmax in fp32, a chunk of positions at a time, so no [N, T, V] fp32 copy (bf16 model)
+    or [N, T, V] logsumexp temporaries (any model) ever exist: extra memory N x chunk x V x 4 bytes.
+    With grad, each chunk is recomputed in backward (checkpoint) instead of saving its fp32 copy.
+    (`split`, not slicing: the backward of a slice allocates a zero [N, T, V] gradient per chunk.)"""
+    if logits.shape[:2] != answer_ids.shape:
+        raise ValueError(f"model returned logits {tuple(logits.shape)}; expected [{answer_ids.shape[0]}, "
+                         f"{answer_ids.shape[1]}, V]")
     chunks = []
-    for logits_chunk, ids_chunk in zip(logits.split(chunk_size, 1), response_ids.split(chunk_size, 1)):
+    for logits_chunk, ids_chunk in zip(logits.split(chunk_size, 1), answer_ids.split(chunk_size, 1)):
         if logits.requires_grad:
             chunks.append(torch.utils.checkpoint.checkpoint(_token_logprobs, logits_chunk, ids_chunk,
                                                             use_reentrant=False))
         else:
             chunks.append(_token_logprobs(logits_chunk, ids_chunk))
     return torch.cat(chunks, 1).masked_fill(~mask, 0.0)  # [N, T] fp32
+
+
+def repeated_prompt_logprobs(model, prompts, rows, answer_ids, answer_mask):
+    """THE REFERENCE PATH (tests and bench.py only): answer i scored with its prompt rows[i] repeated
+    in front of it, one forward without a cache, so each prompt is encoded once PER ANSWER. The
+    training path (prefix.py) must give the same numbers while encoding each prompt once."""
+    answer_ids, mask = check_answers(answer_ids, answer_mask, rows)
+    n, t = answer_ids.shape
+    inputs = {k: v.to(answer_ids.device) for k, v in select_prompts(prompts, rows).items()}
+    # Answer token k sits at sequence position P + k and is predicted by the logits at position
+    # P + k - 1. So feed prompt + answer[:, :-1] (the last token predicts nothing we need) and keep
+    # the logits of the last T positions: kept logit j predicts answer token j.
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], answer_ids[:, :-1]], 1)  # [N, P+T-1]
+    inputs["attention_mask"] = torch.cat([inputs["attention_mask"], mask[:, :-1].long()], 1)
+    if "mm_token_type_ids" in inputs:  # answer tokens are text (type 0)
+        mm = inputs["mm_token_type_ids"]
+        inputs["mm_token_type_ids"] = torch.cat([mm, mm.new_zeros(n, t - 1)], 1)
+    logits = model(**inputs, logits_to_keep=t, use_cache=False).logits  # [N, T, V], model dtype
+    return answer_logprobs(logits, answer_ids, mask)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ On-policy rollouts: the student samples G sibling responses per prompt from the 
     ro = sample(student, processor, prompts, group_size=8, max_new_tokens=2048)
     ro.response_ids, ro.response_mask, ro.old_logp                            # [B*G, T]
 
-Siblings are contiguous rows (b*G .. b*G+G-1), the layout gate.py expects. Greedy decoding
-(`greedy=True`, group_size=1) is what eval.py uses. Works on a plain model, a DDP-wrapped model
-(sampling runs on `.module`) and an FSDP2-sharded model (ranks step in lockstep: synced_gpus).
+Siblings are contiguous rows (b*G .. b*G+G-1), the layout gate.py expects. Each prompt is encoded
+ONCE (prefix.py): `generate` continues its G siblings from that one prefill, and the same prefill
+then scores the sampled tokens (old_logp). Greedy decoding (`greedy=True`, group_size=1) is what
+eval.py uses. Works on a plain model, a DDP-wrapped model (sampling runs on the bare model) and an
+FSDP2-sharded one (ranks step in lockstep: synced_gpus).
 """
 
 import time
@@ -18,12 +20,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import FSDPModule
 
-from model import select_prompts, sequence_logprobs, vision_token_ids
+from model import select_prompts, vision_token_ids
+from prefix import GroupScorer, encode, packs, sampling_cache
+from prefix import score as _score   # `score` is also sample()'s switch
 
 
 @dataclass
 class Rollout:
-    prompt_inputs: dict        # student prompts, one row per response: [B*G, P] (+ pixel blocks)
+    prompt_inputs: dict        # the B student prompts [B, P] (+ pixel blocks); answer row r is prompt r // G
     response_ids: torch.Tensor   # [B*G, T] long, pad after EOS
     response_mask: torch.Tensor  # [B*G, T] bool, True up to and including the first EOS
     truncated: torch.Tensor      # [B*G] bool, True where no EOS came within max_new_tokens
@@ -34,8 +38,10 @@ class Rollout:
 
 
 def unwrap(model):
-    # DDP hides the model in .module; an FSDP2 model IS the model (fully_shard works in place).
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    """The bare transformers model inside DDP and the update's GroupScorer (FSDP2 shards in place)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
+    return model.model if isinstance(model, GroupScorer) else model
 
 
 def decode(processor, ro):
@@ -55,14 +61,17 @@ def response_mask_from(response_ids, eos_ids):
 
 @torch.no_grad()
 def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature=1.0, top_p=1.0,
-           greedy=False, seed=None, score=True):
+           greedy=False, seed=None, score=True, max_tokens=None):
     """Sample `group_size` responses for each of the B prompt rows of `prompts`; return a Rollout.
 
-    seed: None (use the global RNG), an int (one seeded generate call for the batch), or a list of
-    B ints: each prompt is then sampled by its own seeded generate call, so its samples do not
+    seed: None (use the global RNG), an int (seeds the RNG once, then the generate calls), or a list
+    of B ints: each prompt is then sampled by its own seeded generate call, so its samples do not
     depend on which other prompts share the batch (or the rank): the same run on 1 or 8 ranks
     samples the same tokens. Slower (B calls), so it is a choice, not the default.
-    score=False skips the old_logp forward pass (evaluation reads only the tokens)."""
+    score=False skips the old_logp forward (evaluation reads only the tokens).
+    max_tokens bounds one generate call: prompts are sampled in packs holding at most this many
+    cache positions, G x (prompt + max_new_tokens) per prompt (None: all in one call); the
+    old_logp forwards hold at most as many."""
     if group_size < 1 or max_new_tokens < 1:
         raise ValueError(f"need group_size >= 1 and max_new_tokens >= 1, got {group_size}, {max_new_tokens}")
     if greedy and group_size > 1:
@@ -71,11 +80,10 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
         raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     net = unwrap(model)
     device = next(net.parameters()).device
-    num_prompts = prompts["input_ids"].shape[0]
-    # Repeat each prompt G times, siblings contiguous: rows [0]*G + [1]*G + ...
-    rows = torch.arange(num_prompts).repeat_interleave(group_size)
-    inputs = {k: v.to(device) for k, v in select_prompts(prompts, rows).items()}
-
+    G, num_prompts = group_size, prompts["input_ids"].shape[0]
+    per_prompt_seeds = isinstance(seed, (list, tuple))
+    if per_prompt_seeds and len(seed) != num_prompts:
+        raise ValueError(f"got {len(seed)} seeds for {num_prompts} prompts")
     gen_cfg = net.generation_config
     eos_ids = gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id]
     # Every sampling knob is set explicitly: real Qwen checkpoints ship generation configs with
@@ -83,45 +91,54 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
     knobs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
                                                       top_p=top_p, top_k=0)
     # An FSDP2 model runs collectives in every forward, so all ranks must keep stepping until the
-    # slowest rank is done (synced_gpus); DDP samples on .module, with no collectives.
+    # slowest rank is done (synced_gpus); DDP samples on the bare module, with no collectives.
     synced = isinstance(net, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
-
-    def generate(part, seed):
-        # One generate call over the prompt rows in `part`; returns the generated part [n, t].
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = net.generate(**part, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
-                               suppress_tokens=vision_token_ids(processor),  # could not be re-scored
-                               eos_token_id=eos_ids, pad_token_id=gen_cfg.pad_token_id,
-                               synced_gpus=synced, **knobs)
-            return out[:, part["input_ids"].shape[1]:]   # generate returns prompt + new tokens
 
     was_training = net.training
     net.eval()
     start = time.perf_counter()
-    if isinstance(seed, (list, tuple)):
-        if len(seed) != num_prompts:
-            raise ValueError(f"got {len(seed)} seeds for {num_prompts} prompts")
-        parts = [generate({k: v.to(device) for k, v in select_prompts(prompts, [b] * group_size).items()}, s)
-                 for b, s in enumerate(seed)]
-        # Right-pad the parts to one length T with the pad token (masked below anyway).
-        T = max(p.shape[1] for p in parts)
-        response_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=gen_cfg.pad_token_id)
-                                  for p in parts])
-    else:
-        response_ids = generate(inputs, seed)                                    # [B*G, T]
+    width = prompts["input_ids"].shape[1]
+    groups = [[b] for b in range(num_prompts)] if per_prompt_seeds else \
+        packs([G * (width + max_new_tokens)] * num_prompts, max_tokens)
+    parts = []   # (prefix, its answer rows' prompt index in the pack, sampled tokens [n*G, t])
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+        if seed is not None and not per_prompt_seeds:
+            torch.manual_seed(seed)
+        for pack in groups:
+            if per_prompt_seeds:
+                torch.manual_seed(seed[pack[0]])
+            inputs = {k: v.to(device) for k, v in select_prompts(prompts, pack).items()}
+            # One prefill per prompt (prefix.py), copied to its G sibling rows for generate to continue.
+            prefix = encode(net, inputs, hold_last=True)
+            rows = torch.arange(len(pack), device=device).repeat_interleave(G)      # siblings contiguous
+            out = net.generate(input_ids=inputs["input_ids"][rows], attention_mask=inputs["attention_mask"][rows],
+                               past_key_values=sampling_cache(net, prefix, rows), max_new_tokens=max_new_tokens,
+                               repetition_penalty=1.0, suppress_tokens=vision_token_ids(processor),  # could not be re-scored
+                               eos_token_id=eos_ids, pad_token_id=gen_cfg.pad_token_id, synced_gpus=synced, **knobs)
+            parts.append((prefix, rows, out[:, inputs["input_ids"].shape[1]:]))   # generate returns prompt + new
     seconds = time.perf_counter() - start
+    # Right-pad the parts to one length T with the pad token (masked below anyway).
+    T = max(p.shape[1] for _, _, p in parts)
+    response_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=gen_cfg.pad_token_id)
+                              for _, _, p in parts])                                  # [B*G, T]
     response_mask, truncated = response_mask_from(response_ids, eos_ids)
 
     # old_logp: log pi_s(y_k | x, y<k) of the sampled tokens under the student as it was when it
-    # sampled, recomputed with one forward pass of the same scoring function the update uses (as
-    # verl does). So the PPO ratio of the first update is exactly 1, and memory stays bounded:
-    # generate's per-step logits would be [T, N, V]. With temperature != 1 the tokens were drawn
-    # from softmax(logits / temperature), but old_logp is still the policy's own (temperature 1)
+    # sampled, recomputed from the same prefix with the scoring function the update uses (as verl
+    # recomputes): the PPO ratio of the first update is 1, and memory stays bounded (generate's
+    # per-step logits would be [T, N, V]). With temperature != 1 the tokens were drawn from
+    # softmax(logits / temperature), but old_logp is still the policy's own (temperature 1)
     # log-prob, the quantity the loss differentiates: the ratio is pi_new / pi_old of the policy,
     # not an importance weight against the tempered sampling distribution.
-    old_logp = sequence_logprobs(model, inputs, response_ids, response_mask) if score else None
+    old_logp = None
+    if score:
+        old_logp, row = [], 0
+        for prefix, rows, _ in parts:
+            n = len(rows)
+            old_logp.append(_score(net, prefix, rows, response_ids[row:row + n], response_mask[row:row + n],
+                                   max_tokens=max_tokens))
+            row += n
+        old_logp = torch.cat(old_logp)
     net.train(was_training)
 
     lengths = response_mask.sum(dim=1).float()
@@ -133,4 +150,4 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
         "rollout/tokens_per_s": lengths.sum().item() / max(seconds, 1e-9),
         "rollout/seconds": seconds,
     }
-    return Rollout(inputs, response_ids, response_mask, truncated, old_logp, group_size, stats)
+    return Rollout(prompts, response_ids, response_mask, truncated, old_logp, group_size, stats)

@@ -10,32 +10,53 @@ scores the student's OWN sampled tokens, unchanged, under a view of the evidence
     lp = teacher.replay(rollout, full_images, questions, pos_crops=pos, neg_crops=neg)
     lp["pos"], lp["neg"]                                         # [B*G, T], 0 where masked
 
-Exactness: the teacher's prompts are longer than the student's (two images), so response token k
-sits at a different absolute position; model.sequence_logprobs scores token k from the logits at
-teacher_prompt_len + k - 1 whatever that length is (PAPER.md sec. 8: the release gets this wrong
-for crop views). Cost: each example's teacher prompts are encoded once and shared by its G
-siblings, and the pos and neg rows of a micro-batch go through ONE forward pass, so V-Zero costs
-one extra half-batch over positive-view OPD, not another round trip.
+Cost: a tree per example, each node encoded once (prefix.py):
+
+    [template, full image]                    shared by both crop views: one forward, one vision pass
+       +-- [z+ crop, note, question]  ->  G answers
+       +-- [z- crop, note, question]  ->  G answers
+
+The (x, z+) and (x, z-) prompts are the same tokens up to the crop (model.teacher_prompts), so
+their common part is encoded once and each view continues from it; each view's prompt is then
+continued by its G answers. Checked at run time: the views must agree on that common part.
+Exactness: the teacher's prompts are longer than the student's (two images), so answer token k sits
+at another absolute position; prefix.score reads it from the logit at the teacher's own prompt end
++ k - 1 whatever that length is (PAPER.md sec. 8: the release gets this wrong for crop views).
+Memory: `max_tokens` bounds the token positions one forward holds (rows x columns).
 """
 
 import torch
 
-from model import check_compatible, select_prompts, sequence_logprobs, student_prompts, teacher_prompts
+from model import check_compatible, select_prompts, student_prompts, teacher_prompts
+from prefix import encode, packs, score
 
 VIEWS = ("plain", "pos", "neg")
 
 
+def crop_starts(prompts):
+    """Per teacher prompt row: the index (among its real tokens) of its SECOND image's first token,
+    where (x, z+) and (x, z-) begin to differ. [B] list of ints."""
+    starts = []
+    for mm, real in zip(prompts["mm_token_type_ids"], prompts["attention_mask"].bool()):
+        image = mm[real] == 1
+        runs = (image & ~torch.nn.functional.pad(image, (1, 0))[:-1]).nonzero().flatten().tolist()
+        if len(runs) != 2:
+            raise ValueError(f"a teacher prompt holds {len(runs)} images; expected the full image and the crop")
+        starts.append(runs[1])
+    return starts
+
+
 class Teacher:
-    def __init__(self, model, processor, *, student_processor=None, micro_batch_size=16):
-        if micro_batch_size < 1:
-            raise ValueError(f"teacher micro_batch_size must be >= 1, got {micro_batch_size}")
+    def __init__(self, model, processor, *, student_processor=None, max_tokens=None):
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"teacher max_tokens must be >= 1, got {max_tokens}")
         if student_processor is not None:
             check_compatible(student_processor, processor)   # once, here: same vocabulary and template
         # Frozen: eval mode (no dropout), no parameter ever asks for a gradient. The teacher is
         # never wrapped for training (an FSDP2-sharded teacher is fine: it is only ever run forward).
         self.model = model.eval().requires_grad_(False)
         self.processor = processor
-        self.micro_batch_size = micro_batch_size   # rollout rows per forward; x views in one pass
+        self.max_tokens = max_tokens   # token positions per forward; None: no bound
 
     @torch.no_grad()
     def replay(self, rollout, full_images, questions, *, pos_crops=None, neg_crops=None,
@@ -51,35 +72,62 @@ class Teacher:
             if view != "plain" and (crops[view] is None or len(crops[view]) != len(full_images)):
                 raise ValueError(f"view {view!r} needs one crop per example ({len(full_images)})")
         G, B = rollout.group_size, len(full_images)
-        N = rollout.response_ids.shape[0]
+        N, T = rollout.response_ids.shape
         if N != B * G or len(questions) != B:
             raise ValueError(f"rollout has {N} rows = B*G with G={G}, but got {B} images and "
                              f"{len(questions)} questions")
-
-        # Encode each view's prompts once per EXAMPLE (B rows each). The crop views go into one
-        # encoder call so that one forward can hold both: prompt row v*B + b = view v of example b.
-        crop_views = [v for v in views if v != "plain"]
-        passes = []   # (views in this pass, their prompts)
-        if "plain" in views:
-            passes.append((["plain"], student_prompts(self.processor, full_images, questions)))
-        if crop_views:
-            all_crops = [c for v in crop_views for c in crops[v]]
-            prompts = teacher_prompts(self.processor, list(full_images) * len(crop_views), all_crops,
-                                      list(questions) * len(crop_views))
-            passes.append((crop_views, prompts))
-
         device = next(self.model.parameters()).device
         ids, mask = rollout.response_ids.to(device), rollout.response_mask.to(device)
-        out = {v: torch.zeros(N, ids.shape[1], dtype=torch.float32, device=device) for v in views}
-        for pass_views, prompts in passes:
-            V = len(pass_views)
-            for start in range(0, N, self.micro_batch_size):
-                rows = torch.arange(start, min(start + self.micro_batch_size, N))   # rollout rows
-                example = rows // G                                                 # their prompts
-                # [V*m] prompt rows: every view's copy of these rows, stacked view by view.
-                prompt_rows = torch.cat([v * B + example for v in range(V)])
-                logp = sequence_logprobs(self.model, select_prompts(prompts, prompt_rows),
-                                         ids[rows].repeat(V, 1), mask[rows].repeat(V, 1))
-                for v, view in enumerate(pass_views):                               # [V*m, T] -> views
-                    out[view][rows] = logp[v * len(rows):(v + 1) * len(rows)]
+        out = {v: torch.zeros(N, T, dtype=torch.float32, device=device) for v in views}
+        crop_views = [v for v in views if v != "plain"]
+        # Encode each view's prompts once per EXAMPLE (B rows each); crop views in one call, so
+        # prompt row v*B + b = crop view v of example b.
+        plain = student_prompts(self.processor, full_images, questions) if "plain" in views else None
+        if crop_views:
+            crop_prompts = teacher_prompts(self.processor, list(full_images) * len(crop_views),
+                                           [c for v in crop_views for c in crops[v]], list(questions) * len(crop_views))
+            starts = crop_starts(crop_prompts)
+        # Examples in packs whose answer forwards hold at most max_tokens positions in all.
+        width = max(p["input_ids"].shape[1] for p in (plain, crop_prompts if crop_views else None) if p is not None)
+        for pack in packs([len(views) * G * (width + T)] * B, self.max_tokens):
+            answers = torch.cat([torch.arange(b * G, (b + 1) * G) for b in pack])    # rollout rows [m*G]
+            rows = torch.arange(len(pack)).repeat_interleave(G)                      # their prompt in the pack
+            if plain is not None:
+                prefix = encode(self.model, _to(select_prompts(plain, pack), device), hold_last=True)
+                out["plain"][answers] = score(self.model, prefix, rows, ids[answers], mask[answers],
+                                              max_tokens=self.max_tokens)
+            if crop_views:
+                self._crop_views(crop_prompts, starts, pack, B, crop_views, answers, ids, mask, out, device)
         return out
+
+    def _crop_views(self, prompts, starts, pack, B, crop_views, answers, ids, mask, out, device):
+        # The tree of the examples in `pack`. 1: [template, full image] of each example, once.
+        G = len(answers) // len(pack)
+        first = [starts[b] for b in pack]
+        shared = select_prompts(prompts, pack, stop=first)
+        for v in range(1, len(crop_views)):      # the views must agree up to the crop: what makes sharing exact
+            other = select_prompts(prompts, [v * B + b for b in pack], stop=[starts[v * B + b] for b in pack])
+            if any(not torch.equal(shared[k], other[k]) for k in shared):
+                raise ValueError("the teacher's crop views differ before the crop; they cannot share a prefix")
+        shared = encode(self.model, _to(shared, device))
+        # 2: each view's rest [crop, note, question, assistant header], continuing its example's
+        # row of `shared`. A continuation holds no padding (exact for linear attention too), so
+        # rows of equal length go in one forward: all of them when crops and questions match.
+        rest_rows = [(v, i) for v in range(len(crop_views)) for i in range(len(pack))]
+        rest = select_prompts(prompts, [v * B + pack[i] for v, i in rest_rows],
+                              start=[starts[v * B + pack[i]] for v, i in rest_rows])
+        lengths = rest["attention_mask"].sum(1).tolist()
+        for length in sorted(set(lengths)):
+            same = [j for j, n in enumerate(lengths) if n == length]
+            chunk = select_prompts(rest, same)
+            prefix = encode(self.model, _to(chunk, device), past=shared,
+                            rows=torch.tensor([rest_rows[j][1] for j in same]), hold_last=True)
+            # 3: the G answers of each of these view rows continue it, in one forward.
+            answer_rows = torch.cat([answers[rest_rows[j][1] * G:(rest_rows[j][1] + 1) * G] for j in same])
+            logp = score(self.model, prefix, torch.arange(len(same)).repeat_interleave(G), ids[answer_rows],
+                         mask[answer_rows], max_tokens=self.max_tokens)                # [len(same)*G, T]
+            for k, j in enumerate(same):
+                out[crop_views[rest_rows[j][0]]][answer_rows[k * G:(k + 1) * G]] = logp[k * G:(k + 1) * G]
+
+def _to(inputs, device):
+    return {k: v.to(device) for k, v in inputs.items()}

@@ -43,6 +43,7 @@ import data
 import model as vlm
 import train            # train.py imports toy only inside main(), for the no-argument demo
 from eval import evaluate
+from prefix import encode, score
 from rollout import decode, sample
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +107,7 @@ def _settings(run: Supervised) -> dict:
 
 def supervised(run: Supervised, out_dir: str):
     """Train run.init on labelled zoom-world examples (cross-entropy on the answer tokens, scored
-    with the same `sequence_logprobs` as training) and save it in transformers format."""
+    with the same `prefix.score` as training) and save it in transformers format."""
     model, processor = vlm.load(run.init)
     examples = data.synthetic(run.steps * run.batch_size, run.data_seed, **{**WORLD, **run.world})
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=0.01)
@@ -118,7 +119,8 @@ def supervised(run: Supervised, out_dir: str):
     for step in bar:
         batch = examples[step * run.batch_size:(step + 1) * run.batch_size]
         ids, mask = answer_targets(processor.tokenizer, [ex.answer for ex in batch])   # LABELS
-        logp = vlm.sequence_logprobs(model, _prompts(processor, batch, run.view), ids, mask)  # [B, T]
+        prompts = _prompts(processor, batch, run.view)
+        logp = score(model, encode(model, prompts, hold_last=True), torch.arange(len(batch)), ids, mask)  # [B, T]
         loss = -logp.sum() / mask.sum()          # mean cross-entropy per answer token
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -163,7 +165,7 @@ def view_accuracy(model, processor, examples, view, batch_size=32):
 # is the release's default (gate alpha 0.5, w in [0, 2], k1 PPO-clip, clip 0.2 / dual 3, token-mean,
 # 2 mini-batches per step). Changed for scale: the lr (1e-6 moves a 4B model; a 9M model trained
 # at 1e-3 needs ~5e-5), 6 new tokens for a one-word answer (not 2048), 8 prompts x G = 8 per step.
-DISTILL = dict(lr=5e-5, prompts_per_step=8, group_size=8, micro_batch_size=32, teacher_micro_batch=32,
+DISTILL = dict(lr=5e-5, prompts_per_step=8, group_size=8,
                max_new_tokens=MAX_NEW_TOKENS, max_steps=20, save_every=5, attn_implementation="eager")
 N_TRAIN, N_HELDOUT = 2048, 256
 DISTILL_SEED = TRAIN_SEED + 1      # distillation prompts: unseen by the supervised runs

@@ -35,6 +35,8 @@ import data
 import model as vlm
 from gate import auroc, evidence_gate
 from loss import opd_loss
+from parallel import all_sum, gathered, shard_fsdp, sync_grads
+from prefix import GroupScorer, enable_gradient_checkpointing, packs
 from rollout import decode, sample, unwrap
 from teacher import Teacher
 
@@ -77,8 +79,12 @@ class Config:
     prompts_per_step: int = arg(32, "prompts per step over ALL ranks")
     group_size: int = arg(8, "G sibling responses per prompt")
     mini_batches: int = arg(2, "optimizer steps per rollout batch (the release: 2)")
-    micro_batch_size: int = arg(8, "rows per student forward/backward (gradient accumulation)")
-    teacher_micro_batch: int = arg(8, "rollout rows per teacher forward (both crop views in one pass)")
+    # Memory bounds, in token positions a forward holds (rows x (prompt + answer) columns, G x (P + T)
+    # for a group). Each prompt is encoded once per phase (prefix.py); see the README for the arithmetic.
+    rollout_tokens: int = arg(1 << 20, "sampling: prompts per generate call, G x (prompt + max new tokens) each")
+    score_tokens: int = arg(1 << 18, "no-grad scoring (old log-probs, teacher views): answers per forward")
+    update_tokens: int = arg(1 << 18, "student update: whole groups per forward/backward; a larger group is split "
+                             "by answers and its prompt encoded once per part")
     max_new_tokens: int = arg(2048, "max response length")
     temperature: float = arg(1.0, "sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")
@@ -125,29 +131,8 @@ def check_config(cfg, world):
         raise ValueError("vzero needs --group-size >= 2: the gate compares siblings (Eq. 19)")
     if cfg.method == "opd-plain" and cfg.pos_view != "box":
         raise ValueError("--pos-view has no effect with --method opd-plain (the teacher sees no crop)")
-    if min(cfg.max_steps, cfg.save_every, cfg.micro_batch_size, cfg.teacher_micro_batch, cfg.group_size) < 1:
-        raise ValueError("steps, save interval, batch sizes and group size must be >= 1")
-
-
-def all_sum(values, device, op=dist.ReduceOp.SUM):
-    # Reduce a list of floats over ranks (one collective); identity on one process.
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=op)
-    return t.tolist()
-
-
-def shard_fsdp(net):
-    # FSDP2 (ENV_NOTES): the vision tower is its own unit (generate calls it directly), then every
-    # transformer block, then the root (embeddings, final norm, lm_head).
-    from torch.distributed.fsdp import fully_shard
-    blocks = set(getattr(net, "_no_split_modules", None) or [])
-    for module in list(net.modules()):
-        if type(module).__name__ in blocks:
-            fully_shard(module)
-    fully_shard(net.model.visual)
-    fully_shard(net)
-    return net
+    if min(cfg.max_steps, cfg.save_every, cfg.rollout_tokens, cfg.score_tokens, cfg.update_tokens, cfg.group_size) < 1:
+        raise ValueError("steps, save interval, token budgets and group size must be >= 1")
 
 
 def build(cfg, world, device, student_dir=None):
@@ -158,14 +143,16 @@ def build(cfg, world, device, student_dir=None):
                                                 device=device, attn_implementation=cfg.attn_implementation)
     if world > 1 and cfg.shard_teacher:          # one process has nothing to shard over
         teacher_model = shard_fsdp(teacher_model)
-    teacher = Teacher(teacher_model, teacher_processor, student_processor=processor,
-                      micro_batch_size=cfg.teacher_micro_batch)
+    teacher = Teacher(teacher_model, teacher_processor, student_processor=processor, max_tokens=cfg.score_tokens)
     if cfg.grad_checkpointing:
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(student)
     student.train()
     if world > 1 and cfg.fsdp:
-        student = shard_fsdp(student)
-    elif world > 1:
+        shard_fsdp(student)
+    # The update's forward = encode the prompts once + score their answers (prefix.GroupScorer): DDP
+    # wants both calls inside one module's forward, so the scorer is what DDP wraps.
+    student = GroupScorer(student)
+    if world > 1 and not cfg.fsdp:
         student = torch.nn.parallel.DistributedDataParallel(student, device_ids=[device] if cuda else None)
     # FSDP2 trap (ENV_NOTES): create the optimizer right after sharding, before any forward, or
     # updates of the root-level parameters are silently lost.
@@ -176,10 +163,10 @@ def build(cfg, world, device, student_dir=None):
         # its own first, so run one tiny forward through the root before any sampling.
         warm = vlm.student_prompts(processor, [Image.new("RGB", (64, 64))], ["warm-up"])
         with torch.no_grad():
-            student(**{k: v.to(device) for k, v in warm.items()})
+            student.model(**{k: v.to(device) for k, v in warm.items()})
         # The root keeps its parameters unsharded after a forward (backward usually follows);
         # reshard so named_parameters() are again the sharded tensors the optimizer holds.
-        student.reshard()
+        student.model.reshard()
     return student, processor, teacher, optimizer
 
 
@@ -216,7 +203,8 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, w
     seed = [base + pos for pos in positions] if cfg.per_prompt_seeds else base + 7_919 * (step * world + rank)
     with autocast:
         ro = sample(student, processor, vlm.student_prompts(processor, full, questions), group_size=G,
-                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed)
+                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
+                    max_tokens=cfg.rollout_tokens)
         timer["rollout"] = time.perf_counter() - t0
         # 2. Teacher replay of the same tokens (Alg. 1 lines 8-10), no grad.
         t0 = time.perf_counter()
@@ -234,31 +222,40 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, w
     target = lp["plain" if cfg.method == "opd-plain" else "pos"]
 
     # 4. Update: the rollout batch is split into mini-batches of whole groups, one optimizer step
-    # each; each mini-batch into micro-batches whose gradients accumulate.
+    # each; each mini-batch into micro-batches (of whole groups, by tokens) whose gradients accumulate.
     t0 = time.perf_counter()
-    rows_per_mini = B * G // cfg.mini_batches
+    groups_per_mini = B // cfg.mini_batches
+    prompt_lens = ro.prompt_inputs["attention_mask"].sum(1).tolist()                 # [B] real tokens
     sums = dict(loss=0.0, k1=0.0, clip=0.0, grad_norm=0.0, skipped=0.0)
     for m in range(cfg.mini_batches):
-        mini = torch.arange(m * rows_per_mini, (m + 1) * rows_per_mini)
+        groups = range(m * groups_per_mini, (m + 1) * groups_per_mini)
+        rows = [r for b in groups for r in range(b * G, (b + 1) * G)]
         # Global normalisers, summed over ranks: token-mean divides by ALL tokens of the mini-batch.
-        num_tokens, num_seqs = all_sum([mask[mini].sum().item(), (mask[mini].sum(1) > 0).sum().item()], device)
-        micro_batches = mini.split(cfg.micro_batch_size)
+        num_tokens, num_seqs = all_sum([mask[rows].sum().item(), (mask[rows].sum(1) > 0).sum().item()], device)
+        micro = micro_batches(groups, prompt_lens, G, mask.shape[1], cfg.update_tokens)
+        # Every rank runs as many micro-batches (sharded parameters are gathered in each forward,
+        # in lockstep): a rank with fewer repeats its last one with a loss weight of 0.
+        count, = all_sum([len(micro)], device, op=dist.ReduceOp.MAX)
+        micro += [(micro[-1][0], micro[-1][1], 0.0)] * (int(count) - len(micro))
         optimizer.zero_grad(set_to_none=True)
         mini_loss = 0.0
-        for i, rows in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            sync_grads(student, last)       # all-reduce gradients once, on the last micro-batch
-            with autocast:
-                logp = vlm.sequence_logprobs(student, vlm.select_prompts(ro.prompt_inputs, rows),
-                                             ro.response_ids[rows], mask[rows])
-            loss, st = opd_loss(logp, ro.old_logp[rows], target[rows], mask[rows], weights[rows],
-                                estimator=cfg.estimator, clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip,
-                                kl_clamp=cfg.kl_clamp, agg=cfg.agg, num_tokens=num_tokens, num_seqs=num_seqs)
-            # DDP/FSDP average gradients over ranks; the loss is already a global mean: undo it.
-            (loss * world).backward()
-            mini_loss += loss.item()
-            sums["k1"] += st["kl/k1_mean"] * st["tokens"]
-            sums["clip"] += st["ppo/clip_frac"] * st["tokens"]
+        with gathered(student):      # FSDP2: the student's parameters gathered once for the mini-batch
+            for i, (prompt_ids, answers, scale) in enumerate(micro):
+                sync_grads(student, i == len(micro) - 1)   # gradients cross ranks once, on the last micro-batch
+                answers = torch.tensor(answers)
+                # answer row r belongs to prompt r // G: its index among this micro-batch's prompts
+                local = torch.searchsorted(torch.tensor(prompt_ids), answers // G)
+                with autocast:
+                    logp = student(vlm.select_prompts(ro.prompt_inputs, prompt_ids).to(device), local.to(device),
+                                   ro.response_ids[answers], mask[answers])
+                loss, st = opd_loss(logp, ro.old_logp[answers], target[answers], mask[answers], weights[answers],
+                                    estimator=cfg.estimator, clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip,
+                                    kl_clamp=cfg.kl_clamp, agg=cfg.agg, num_tokens=num_tokens, num_seqs=num_seqs)
+                # DDP/FSDP average gradients over ranks; the loss is already a global mean: undo it.
+                (loss * world * scale).backward()
+                mini_loss += loss.item() * scale
+                sums["k1"] += st["kl/k1_mean"] * st["tokens"] * scale
+                sums["clip"] += st["ppo/clip_frac"] * st["tokens"] * scale
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         # Guard: a non-finite loss or gradient anywhere skips this update on every rank.
@@ -286,12 +283,20 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, w
     return metrics
 
 
-def sync_grads(student, enabled):
-    # Skip the gradient all-reduce on all but the last micro-batch of a mini-batch.
-    if isinstance(student, torch.nn.parallel.DistributedDataParallel):
-        student.require_backward_grad_sync = enabled
-    elif hasattr(student, "set_requires_gradient_sync"):       # FSDP2
-        student.set_requires_gradient_sync(enabled)
+def micro_batches(groups, prompt_lens, G, T, budget):
+    """[(prompt indices, answer rows, loss weight 1)] covering `groups`: whole groups packed while their
+    G x (prompt + T) token positions fit the budget; a group above it alone is split by answers,
+    its prompt then encoded once per part (the only case a prompt is encoded twice)."""
+    groups = list(groups)
+    out = []
+    for pack in packs([G * (prompt_lens[b] + T) for b in groups], budget):
+        b = groups[pack[0]]
+        if len(pack) == 1 and G * (prompt_lens[b] + T) > budget:
+            per_part = max(1, budget // (prompt_lens[b] + T))
+            out += [([b], list(range(b * G + s, b * G + min(G, s + per_part))), 1.0) for s in range(0, G, per_part)]
+        else:
+            out.append(([groups[i] for i in pack], [r for i in pack for r in range(groups[i] * G, (groups[i] + 1) * G)], 1.0))
+    return out
 
 
 def answer_diagnostics(examples, ro, weights, processor, cfg, device):

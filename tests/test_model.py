@@ -1,9 +1,11 @@
 """Tests of model.py: tiny real Qwen VLMs (random weights), CPU only.
 
-The central checks are the exact alignment of `sequence_logprobs` (PAPER.md sec. 8): it must
-reproduce the log-probs `generate` sampled with, at the first AND last response token of every row,
-with left padding, two image sizes in a batch and an early EOS; and it must agree with a naive
-full-logits path. Run: python -m pytest -q tests/test_model.py
+Among them the checks of the REFERENCE scoring path, `repeated_prompt_logprobs` (each prompt
+repeated in front of each answer): it must reproduce the log-probs `generate` sampled with, at the
+first AND last answer token of every row (PAPER.md sec. 8), with left padding, two image sizes in a
+batch and an early EOS, and agree with a naive full-logits path, gradients included. It is the
+oracle of tests/test_prefix.py, where the training path (each prompt encoded once) is checked
+against it. Run: python -m pytest -q tests/test_model.py
 """
 
 import hashlib
@@ -185,31 +187,16 @@ def test_vision_token_ids(tiny):
 
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", FAMILIES)
-def test_sequence_logprobs_reproduces_generate_first_and_last_token(family, tiny):
+def test_reference_path_reproduces_generate_first_and_last_token(family, tiny):
     model, processor = tiny(family)
     # Two image sizes and question lengths -> different prompt lengths -> left padding.
     images = [noise_image(0, 224, 224), noise_image(1, 96, 160), noise_image(2, 224, 224)]
     questions = ["What colour is the small square in the top left corner?", "How many?", "Which letter?"]
     prompts = M.student_prompts(processor, images, questions)
     assert (prompts["attention_mask"] == 0).any(), "the batch must be left padded"
-    torch.manual_seed(0)
+    response, mask, expected = generated_with_logprobs(model, processor, prompts)
     with torch.no_grad():
-        out = model.generate(**prompts, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=10,
-                             suppress_tokens=M.vision_token_ids(processor), output_logits=True,
-                             return_dict_in_generate=True)
-    response = out.sequences[:, prompts["input_ids"].shape[1]:]  # [N, T]
-    sampled = torch.stack(out.logits, 1).float().log_softmax(-1)  # [N, T, V], raw logits
-    expected = sampled.gather(-1, response[..., None]).squeeze(-1)
-    eos_ids = model.generation_config.eos_token_id
-    # An early EOS in row 0 at k = 3: the logits at step 3 depend only on tokens < 3, which stay
-    # as sampled, so generate's step-3 distribution still gives the EOS its log-prob.
-    k, eos = 3, eos_ids[0]
-    response[0, k], response[0, k + 1:] = eos, processor.tokenizer.pad_token_id
-    expected[0, k] = sampled[0, k, eos]
-    mask = response_mask_from(response, eos_ids)
-    assert mask[0].sum() == k + 1 and not mask[0, k + 1:].any()
-    with torch.no_grad():
-        logp = M.sequence_logprobs(model, prompts, response, mask, chunk_size=4)
+        logp = M.repeated_prompt_logprobs(model, prompts, torch.arange(3), response, mask)
     assert logp.dtype == torch.float32 and logp.shape == response.shape
     last = mask.sum(1) - 1
     rows = torch.arange(len(images))
@@ -224,19 +211,42 @@ def test_sequence_logprobs_reproduces_generate_first_and_last_token(family, tiny
     assert torch.allclose(logp, naive, atol=1e-5, rtol=0)
 
 
-def test_sequence_logprobs_with_grad_chunks_and_validation(tiny):
+def generated_with_logprobs(model, processor, prompts, max_new_tokens=10):
+    """Sample from `generate` with its own logits; force an early EOS in row 0 at k = 3. Returns the
+    response ids [N, T], mask, and the log-probs generate's own logits give them."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(**prompts, do_sample=True, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+                             suppress_tokens=M.vision_token_ids(processor), output_logits=True,
+                             return_dict_in_generate=True)
+    response = out.sequences[:, prompts["input_ids"].shape[1]:]  # [N, T]
+    sampled = torch.stack(out.logits, 1).float().log_softmax(-1)  # [N, T, V], raw logits
+    expected = sampled.gather(-1, response[..., None]).squeeze(-1)
+    eos_ids = model.generation_config.eos_token_id
+    # The logits at step 3 depend only on tokens < 3, which stay as sampled, so generate's step-3
+    # distribution still gives the EOS its log-prob.
+    k, eos = 3, eos_ids[0]
+    response[0, k], response[0, k + 1:] = eos, processor.tokenizer.pad_token_id
+    expected[0, k] = sampled[0, k, eos]
+    mask = response_mask_from(response, eos_ids)
+    assert mask[0].sum() == k + 1 and not mask[0, k + 1:].any()
+    return response, mask, expected * mask
+
+
+def test_reference_path_gradients_chunks_and_validation(tiny):
     model, processor = tiny("qwen3_vl")
     prompts = M.teacher_prompts(processor, [noise_image(0, 224, 224), noise_image(1, 64, 64)],
                                 [noise_image(2, 56, 56), noise_image(3, 40, 72)], ["Which?", "How many dots?"])
     response = torch.randint(10, 1024, (2, 7))
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    rows = torch.arange(2)
     with torch.no_grad():
-        reference = M.sequence_logprobs(model, prompts, response, mask, chunk_size=1000)
+        reference = M.repeated_prompt_logprobs(model, prompts, rows, response, mask)
         naive = naive_logprobs(model, prompts, response, mask)
     assert torch.allclose(reference, naive, atol=1e-5, rtol=0)
-    # With grad (the student update): chunks + checkpoint give the naive path's gradients.
+    # With grad (the update): the checkpointed log-softmax chunks give the naive path's gradients.
     weights = torch.randn(2, 7, generator=torch.Generator().manual_seed(0))
-    logp = M.sequence_logprobs(model, prompts, response, mask, chunk_size=3)  # 3 chunks
+    logp = M.repeated_prompt_logprobs(model, prompts, rows, response, mask)
     assert logp.requires_grad and torch.allclose(logp, reference, atol=1e-6, rtol=0)
     (logp * weights).sum().backward()
     chunked_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -252,14 +262,28 @@ def test_sequence_logprobs_with_grad_chunks_and_validation(tiny):
     garbage = response.clone()
     garbage[1, 4:] = -100
     with torch.no_grad():
-        assert torch.equal(M.sequence_logprobs(model, prompts, garbage, mask, chunk_size=1000), reference)
+        assert torch.equal(M.repeated_prompt_logprobs(model, prompts, rows, garbage, mask), reference)
     with pytest.raises(ValueError, match="prefix"):
-        M.sequence_logprobs(model, prompts, response, torch.tensor([[True, False, True] + [False] * 4] * 2))
-    with pytest.raises(ValueError, match="prompt rows"):
-        M.sequence_logprobs(model, prompts, response[:1], mask[:1])
+        M.repeated_prompt_logprobs(model, prompts, rows, response, torch.tensor([[True, False, True] + [False] * 4] * 2))
+    with pytest.raises(ValueError, match="prompt row"):
+        M.repeated_prompt_logprobs(model, prompts, rows, response[:1], mask[:1])
 
 
-# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("chunk_size", [1, 3, 32])
+def test_answer_logprobs_chunks_equal_one_log_softmax_with_and_without_grad(chunk_size):
+    logits = torch.randn(3, 7, 50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ids = torch.randint(0, 50, (3, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.arange(7)[None] < torch.tensor([7, 1, 4])[:, None]
+    want = logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1) * mask
+    leaf = logits.clone().requires_grad_()
+    got = M.answer_logprobs(leaf, ids, mask, chunk_size=chunk_size)
+    torch.testing.assert_close(got, want.float(), rtol=0, atol=1e-6)
+    got.sum().backward()
+    reference = logits.clone().requires_grad_()
+    (reference.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1) * mask).sum().backward()
+    torch.testing.assert_close(leaf.grad, reference.grad, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("view", ["student", "teacher"])
 def test_select_prompts_repeat_and_micro_batches_match_single_prompts(view, tiny):
     model, processor = tiny("qwen2_5_vl")
@@ -278,12 +302,12 @@ def test_select_prompts_repeat_and_micro_batches_match_single_prompts(view, tiny
     response = torch.randint(10, 1024, (len(rows), 6), generator=torch.Generator().manual_seed(0))
     mask = torch.arange(6)[None, :] < torch.tensor([6, 2, 5, 6, 1, 3])[:, None]
     with torch.no_grad():
-        full = M.sequence_logprobs(model, M.select_prompts(prompts, rows), response, mask)
-        alone = torch.cat([M.sequence_logprobs(model, M.select_prompts(encode([i]), [0] * group),
-                                               response[i * group:(i + 1) * group], mask[i * group:(i + 1) * group])
+        full = M.repeated_prompt_logprobs(model, prompts, rows, response, mask)
+        alone = torch.cat([M.repeated_prompt_logprobs(model, encode([i]), [0] * group,
+                                                      response[i * group:(i + 1) * group], mask[i * group:(i + 1) * group])
                            for i in range(3)])
-        micro = torch.cat([M.sequence_logprobs(model, M.select_prompts(prompts, rows[s:s + 2]),
-                                               response[s:s + 2], mask[s:s + 2]) for s in range(0, 6, 2)])
+        micro = torch.cat([M.repeated_prompt_logprobs(model, prompts, rows[s:s + 2], response[s:s + 2], mask[s:s + 2])
+                           for s in range(0, 6, 2)])
     assert torch.allclose(full, alone, atol=1e-5, rtol=0)
     assert torch.allclose(full, micro, atol=1e-5, rtol=0)
     assert not torch.allclose(full[:2], full[2:4], atol=1e-2)  # rows really see different prompts
@@ -297,6 +321,34 @@ def test_select_prompts_repeat_and_micro_batches_match_single_prompts(view, tiny
         M.select_prompts(prompts, [3])
     with pytest.raises(ValueError, match="rows"):
         M.select_prompts(prompts, [])
+
+
+def test_select_prompts_cuts_rows_into_pieces_with_their_images(tiny):
+    # The teacher's prompts split where the crop begins (teacher.py): the two pieces of each row are
+    # its real tokens, in order, and each takes its own image along, however the batch was padded.
+    _, processor = tiny("qwen2_5_vl")
+    fulls, crops = [noise_image(0, 224, 224), noise_image(1, 56, 84)], [noise_image(3, 56, 56), noise_image(4, 28, 60)]
+    prompts = M.teacher_prompts(processor, fulls, crops, ["What colour is the cup on the left?", "Count?"])
+    image_pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    for i in range(2):
+        real = prompts["input_ids"][i][prompts["attention_mask"][i].bool()]
+        cut = int((real == image_pad).nonzero()[0]) + int(prompts["image_grid_thw"][2 * i].prod()) // 4 + 2
+        head, tail = M.select_prompts(prompts, [i], stop=cut), M.select_prompts(prompts, [i], start=cut)
+        assert torch.equal(torch.cat([head["input_ids"][0], tail["input_ids"][0]]), real)
+        assert head["image_grid_thw"].tolist() == [prompts["image_grid_thw"][2 * i].tolist()]
+        assert tail["image_grid_thw"].tolist() == [prompts["image_grid_thw"][2 * i + 1].tolist()]
+        alone = M.teacher_prompts(processor, [fulls[i]], [crops[i]], ["x"])   # the same two images
+        full_patches = int(alone["image_grid_thw"][0].prod())
+        assert torch.equal(head["pixel_values"], alone["pixel_values"][:full_patches])
+        assert torch.equal(tail["pixel_values"], alone["pixel_values"][full_patches:])
+        # Per-row cuts in one call, and a negative stop (slice semantics).
+        both = M.select_prompts(prompts, [i, i], start=[0, cut], stop=[cut, None])
+        assert both["attention_mask"].sum(1).tolist() == [cut, len(real) - cut]
+        assert torch.equal(M.select_prompts(prompts, [i], stop=-1)["input_ids"][0], real[:-1])
+    with pytest.raises(ValueError, match="splits image"):
+        M.select_prompts(prompts, [0], stop=10)
+    with pytest.raises(ValueError, match="no token"):
+        M.select_prompts(prompts, [0], start=5, stop=5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,6 +365,7 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent("""
     import hashlib, json, resource, sys, torch
     sys.path.insert(0, sys.argv[1])
     import model as M
+    import prefix as X
     import numpy as np
     from PIL import Image
     torch.set_num_threads(2)
@@ -322,14 +375,16 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent("""
     report = {"fingerprint": fingerprint(model, processor)}
     model.resize_token_embeddings(151936, mean_resizing=False)  # the real Qwen2.5/3-VL row count
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8))
-    prompts = M.select_prompts(M.student_prompts(processor, [image], ["What colour is the star?"]), [0] * 8)
+    one = M.student_prompts(processor, [image], ["What colour is the star?"])
+    prompts = M.select_prompts(one, [0] * 8)
     n, t, p = 8, 256, prompts["input_ids"].shape[1]
     response = torch.randint(10, 1000, (n, t), generator=torch.Generator().manual_seed(0))
     mask = torch.ones(n, t, dtype=torch.bool)
+    rows = torch.zeros(n, dtype=torch.long)
     with torch.no_grad():
-        M.sequence_logprobs(model, prompts, response[:, :8], mask[:, :8])  # warm up lazy inits
+        X.score(model, X.encode(model, one, hold_last=True), rows, response[:, :8], mask[:, :8])  # warm up
         before = peak_mib()
-        chunked = M.sequence_logprobs(model, prompts, response, mask)
+        chunked = X.score(model, X.encode(model, one, hold_last=True), rows, response, mask)
         after_chunked = peak_mib()
         logits = model(input_ids=torch.cat([prompts["input_ids"], response], 1),
                        attention_mask=torch.cat([prompts["attention_mask"], mask.long()], 1),
@@ -359,7 +414,7 @@ def test_tiny_build_is_identical_in_another_process(fresh_process):
     assert fresh_process["fingerprint"] != fingerprint(*M.build_tiny("qwen2_5_vl", "tiny", seed=1))
 
 
-def test_chunked_scoring_peak_memory_is_below_half_of_naive_full_logits(fresh_process):
+def test_scoring_peak_memory_is_below_half_of_naive_full_logits(fresh_process):
     # Peak memory on CPU: torch keeps no CPU allocator statistics, so the work runs in a fresh
     # process that reads its resident-set high-water mark (ru_maxrss) before and after. Scoring runs
     # first; the naive pass needs more, so its extra peak is measured from the same baseline.

@@ -56,7 +56,8 @@ def test_supervised_training_learns_its_labels(tiny_toy, monkeypatch):
     ids, mask = toy.answer_targets(processor.tokenizer, [ex.answer for ex in batch])
     fresh, _ = toy.vlm.load("tiny:qwen2_5_vl@0")
     with torch.no_grad():
-        loss = lambda m: -toy.vlm.sequence_logprobs(m, toy._prompts(processor, batch, "full"), ids, mask).sum() / mask.sum()
+        prompts = toy._prompts(processor, batch, "full")
+        loss = lambda m: -toy.vlm.repeated_prompt_logprobs(m, prompts, [0], ids, mask).sum() / mask.sum()
         assert loss(model) < 0.1 * loss(fresh)
     assert json.load(open(os.path.join(out, "toy_run.json")))["world"] == toy.WORLD   # run.world is empty
 

@@ -17,7 +17,7 @@ import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--student", "tiny:qwen2_5_vl", "--teacher", "tiny:qwen2_5_vl@1", "--train-data", "synthetic:32:0",
         "--prompts-per-step", "4", "--group-size", "4", "--max-new-tokens", "8", "--lr", "1e-3",
-        "--micro-batch-size", "4", "--teacher-micro-batch", "4", "--per-prompt-seeds"]
+        "--update-tokens", "600", "--score-tokens", "800", "--per-prompt-seeds"]
 TIMING = ("time/", "tokens_per_s", "rollout/tokens_per_s", "peak_mem_mb")
 
 
@@ -89,7 +89,7 @@ def test_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
         calls.append(1)
         return (loss * float("nan") if len(calls) == 1 else loss), stats
     monkeypatch.setattr(train, "opd_loss", nan_first)
-    _, history = run(tmp_path, "--max-steps", "2", "--micro-batch-size", "8")   # 2 mini-batches x 1 micro
+    _, history = run(tmp_path, "--max-steps", "2", "--update-tokens", "100000")   # 2 mini-batches x 1 micro
     assert [m["skipped_updates"] for m in history] == [1, 0]
     after = weights_of(str(tmp_path / "run" / "ckpt-000002"))
     assert all(torch.isfinite(v).all() for v in after.values())
