@@ -5,7 +5,7 @@ Train a VLM student with V-Zero: the plain loop of Algorithm 1, on one process o
         --teacher Qwen/Qwen3-VL-8B-Instruct --train-data data/train.jsonl --out-dir out/vzero
     python train.py                 # no arguments: the CPU demo on the zoom world (toy.py), minutes
     python train.py --student tiny:qwen2_5_vl --teacher tiny:qwen2_5_vl --max-steps 2   # CPU smoke
-    python train.py --benchmark ...     # V-Zero vs OPD step time per phase, same config
+    python bench.py                 # what each phase costs: each prompt encoded once vs once per answer
 
 One step (DESIGN.md): this rank's prompts -> the student samples G responses from the full image
 (rollout.py) -> the frozen teacher replays them under (x, z+) and (x, z-) (teacher.py) -> gate
@@ -100,7 +100,6 @@ class Config:
                               "no-op on one process)")
     grad_checkpointing: bool = arg(False, "recompute activations in backward to save memory")
     attn_implementation: str = arg("sdpa", "attention kernel: sdpa, eager, flash_attention_2")
-    benchmark: bool = arg(False, "run vzero and opd on this config and print step time per phase")
 
 
 def parse_args(argv=None):
@@ -406,26 +405,6 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024        # Linux: KiB
 
 
-def benchmark(cfg, rank, world, device):
-    # V-Zero vs OPD on the same config and seeds: median seconds per phase and the ratio.
-    rows = {}
-    for method in ("opd", "vzero"):
-        c = dataclasses.replace(cfg, method=method, out_dir=os.path.join(cfg.out_dir, f"bench-{method}"),
-                                resume=False, save_every=10**9)
-        hist = train(c, rank, world, device)
-        hist = hist[1:] if len(hist) > 1 else hist                 # drop the warm-up step
-        rows[method] = {k: sorted(h[k] for h in hist)[len(hist) // 2]
-                        for k in ("time/rollout", "time/teacher", "time/update", "tokens_per_s")}
-    if rank == 0:
-        print(f"{'phase':<16}{'opd':>10}{'vzero':>10}{'ratio':>8}")
-        for k in rows["opd"]:
-            a, b = rows["opd"][k], rows["vzero"][k]
-            print(f"{k:<16}{a:>10.3f}{b:>10.3f}{b / a:>8.2f}")
-        total = [sum(rows[m][f"time/{p}"] for p in ("rollout", "teacher", "update")) for m in ("opd", "vzero")]
-        print(f"{'step total':<16}{total[0]:>10.3f}{total[1]:>10.3f}{total[1] / total[0]:>8.2f}")
-    return rows
-
-
 def main(argv=None):
     if not argv:            # `python train.py`: the CPU demo on the zoom world (toy.py)
         import toy
@@ -433,7 +412,7 @@ def main(argv=None):
     cfg = parse_args(argv)
     rank, world, device = vlm.setup_distributed()
     try:
-        (benchmark if cfg.benchmark else train)(cfg, rank, world, device)
+        train(cfg, rank, world, device)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

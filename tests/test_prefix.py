@@ -13,6 +13,7 @@ from PIL import Image
 
 import data
 import model as M
+from bench import Counter
 import prefix as X
 import train
 from rollout import Rollout, sample
@@ -158,26 +159,6 @@ def test_packs_respect_the_budget():
     # The update's micro-batches: whole groups while they fit, a larger group split by answers.
     plan = train.micro_batches(range(3), [10, 30, 10], 2, 5, 60)
     assert plan == [([0], [0, 1], 1.0), ([1], [2], 1.0), ([1], [3], 1.0), ([2], [4, 5], 1.0)]
-
-
-class Counter:
-    """Forward pre-hooks on a model's vision tower and language model: patch rows encoded and token
-    positions processed (padding included), per phase."""
-
-    def __init__(self, model):
-        self.vision = self.tokens = 0
-        model.model.visual.register_forward_pre_hook(self.see_vision, with_kwargs=True)
-        model.model.language_model.register_forward_pre_hook(self.see_tokens, with_kwargs=True)
-
-    def see_vision(self, module, args, kwargs):
-        self.vision += (args[0] if args else kwargs["hidden_states"]).shape[0]
-
-    def see_tokens(self, module, args, kwargs):
-        self.tokens += kwargs["inputs_embeds"].shape[0] * kwargs["inputs_embeds"].shape[1]
-
-    def take(self):
-        out, self.vision, self.tokens = (self.vision, self.tokens), 0, 0
-        return out
 
 
 def test_each_image_is_encoded_once_per_phase(tmp_path, monkeypatch):
