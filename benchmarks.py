@@ -1,49 +1,212 @@
 """
-Benchmark files -> data.Example, each benchmark's own answer rule, and the numbers it reports.
+Benchmark files -> data.Example, streamed; and the numbers each benchmark reports.
 
-eval.py runs the model; this file knows the benchmarks (facts and sources: shared/BENCHMARKS.md,
-cited as §N). Three entry points, each dispatching on the benchmark name:
+eval.py runs the model, answer_rules.py reads the answers, this file knows the files:
 
-    examples = read("hrbench", "hr_bench_4k.parquet")    # ex.question = the exact prompt the model gets
-    extracted, pred, verdict = judge("hrbench", response_text, ex)
-    table = aggregate("hrbench", predictions)            # {"overall": (acc, n), "FSP": ..., "FCP": ...}
-
-verdict is True / False, or None when no rule can read an answer from the response: only an LLM
-judge could decide those. We run no judge: they count as wrong and eval.py lists them.
+    items = read("hrbench", "hr_bench_8k.tsv")   # file order; ex.question = the exact prompt the model gets
+    table = aggregate("hrbench", records)         # {"overall": (acc, n), "FSP": ..., "FCP": ...}
 
   bench         --data (the files as downloaded)                          reports
   vstar         test_questions.jsonl (or its folder) + images + sa_*.json  overall, attribute, spatial
-                boxes; or the lmms-lab parquet (no boxes)
+                boxes; the lmms-lab parquet; VLMEvalKit's VStarBench.tsv
   hrbench       hr_bench_{4k,8k}.tsv or .parquet, base64 images           overall (= Avg), FSP, FCP
   mmerealworld  MME_RealWorld.json + image folder; the lmms-eval parquet  overall, Perception, Reasoning,
                 shards (a folder or one file); the VLMEvalKit .tsv        and each Task/Subtask
   mmstar        mmstar.parquet or MMStar.tsv                              overall (micro), 6 categories
-  zoombench     data/test.parquet (prompt/answer or query/response)       overall, mcq/open, categories
+  zoombench     data/test.parquet (prompt/answer or query/response; the   overall, mcq/open, categories;
+                ground-truth crop in crop_image)                          eval.py adds the crop view
   jsonl, zoom   the project's *.jsonl, synthetic:N:SEED (data.py)         overall (, per category)
 
-Every reader fails on the first bad row with the file, the row and the column. Parquet needs
-pyarrow (`pip install pyarrow`); TSV and JSON need only the standard library.
+Streaming. Nothing here reads pixels: an item carries a reference to its image and decodes it
+when it is evaluated, so each rank touches only its share's images and memory holds one batch of
+images whatever the file size.
+  TSV       one pass, one row in memory at a time; the image is the byte span of its base64 field
+            in the file (TsvImage). Every rank scans the file (page cache), none keeps it.
+  parquet   the small columns are read whole; an image is (file, row, column), fetched by a
+            sequential cursor that holds one value and one page (ParquetImage).
+  JSON      a path next to the JSON (or under --image-root).
+
+Bad rows. A benchmark file is not the user's to fix. A row that cannot be used (a missing field, a
+gold answer that is no option, an image reference to nothing) becomes a BadItem naming the file,
+row, column and reason; eval.py records it as an error, leaves it out of every denominator and
+counts it in the report. An image that does not decode is found when its item is evaluated and
+handled the same way there. A file without the columns of its --bench, or none of whose rows can
+be used, is refused with an error. Parquet needs pyarrow; TSV and JSON only the standard library.
+Facts about the files come from the benchmarks' dataset cards and the loaders of lmms-eval,
+VLMEvalKit and the benchmarks' own repositories (see answer_rules.py for versions).
 """
 
 import ast
 import base64
 import binascii
 import csv
+import functools
+import io
 import json
 import re
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 import data
+from answer_rules import LETTERS, zwz_gold_letter
 
 BENCHES = ("vstar", "hrbench", "mmerealworld", "mmstar", "zoombench", "jsonl", "zoom")
-LETTERS = "ABCDEFGH"
+
+
+@dataclass
+class BadItem:
+    """A row of a benchmark file that cannot be evaluated: reported, never scored."""
+    id: str      # the row's id when it has one, else "FILE row N"
+    reason: str  # names the file, row and column
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading rows: (where, row dict) pairs, so every error can say "file row N".
+# Lazy images. Each is a zero-argument callable returning a PIL image (data.Example accepts that
+# as an image source and decodes it on access); errors name the file, row and column.
 
-def _parquet_rows(path, required, optional=()):
+def _open_image(value, where, column, root=None):
+    # A stored image cell -> PIL image (header read only). HF Image structs {bytes, path}, raw
+    # bytes, base64 text (HR-Bench, the MME-RealWorld parquet, every VLMEvalKit TSV) or a struct
+    # holding only a file path (an HF dataset saved with its images beside the parquet).
+    if isinstance(value, dict):
+        if value.get("bytes") is None and value.get("path"):
+            path = Path(root or ".") / value["path"]
+            if not path.is_file():
+                raise ValueError(f"{where}: column {column}: the image is stored as a file path "
+                                 f"{value['path']!r}, not bytes, and {path} does not exist (pass --image-root: "
+                                 "the folder those paths are relative to)")
+            value = path
+        else:
+            value = value.get("bytes")
+    if isinstance(value, str) and value:  # base64 text
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"{where}: column {column}: not valid base64 image data ({value[:40]!r}...)") from None
+    if not value:
+        raise ValueError(f"{where}: column {column}: empty (no image in this cell)")
+    try:  # PIL reads the header here; the pixels are decoded later, by data.Example
+        return Image.open(value if isinstance(value, Path) else io.BytesIO(value))
+    except OSError as e:
+        raise ValueError(f"{where}: column {column}: not an image ({e})") from None
+
+
+@dataclass(frozen=True)
+class TsvImage:
+    """A base64 image left in its TSV file: bytes [offset, offset + length)."""
+    path: str
+    offset: int
+    length: int
+    column: str
+    where: str
+
+    def __call__(self):
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return _open_image(f.read(self.length).decode("ascii", "replace"), self.where, self.column)
+
+
+@dataclass(frozen=True)
+class ParquetImage:
+    """An image cell left in its parquet file: (file, row, column)."""
+    path: str
+    row: int
+    column: str
+    where: str
+    root: str
+
+    def __call__(self):
+        return _open_image(_cursor(self.path, self.column).get(self.row), self.where, self.column, self.root)
+
+
+class _Cursor:
+    # Reads one column of one parquet file forward, one row at a time, holding one value and one
+    # page: a rank asks for its rows in increasing order, so a pass reads the column once. (A row
+    # group's column read whole would be the whole file's images when the file has one group.)
+    def __init__(self, path, column):
+        self.path, self.column = path, column
+        self._restart()
+
+    def _restart(self):
+        import pyarrow.parquet as pq
+        pf = pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)  # stream pages, do not prefetch
+        self.batches, self.next_row, self.value = pf.iter_batches(batch_size=1, columns=[self.column]), 0, None
+
+    def get(self, row):
+        if row < self.next_row - 1:  # a row behind us (a new pass, or resume): start over
+            self._restart()
+        while self.next_row <= row:
+            self.value = next(self.batches).column(0)[0].as_py()
+            self.next_row += 1
+        return self.value
+
+
+@functools.lru_cache(maxsize=2)  # the current column (and the previous one) of the current file
+def _cursor(path, column):
+    return _Cursor(path, column)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading rows: (where, row dict) pairs, so every error can say "file row N". A row may also be a
+# ValueError (an unreadable line), which becomes a BadItem.
+
+def _tsv_rows(path, required, images=("image",)):
+    # One pass, one row in memory at a time. An image field (megabytes of base64) becomes a
+    # TsvImage pointing at its bytes. VLMEvalKit writes each image once: a short `image`
+    # (<= 64 chars) is the `index` of the row holding the pixels, resolved after the pass.
+    csv.field_size_limit(sys.maxsize)
+    rows, spans = [], {}
+    with open(path, "rb") as f:
+        header = next(csv.reader([f.readline().decode("utf-8-sig")], delimiter="\t"), [])
+        _check_columns(path, header, required)
+        line = 2  # the file line the next row starts on
+        while True:
+            start, raw = f.tell(), f.readline()
+            if not raw:
+                break
+            while raw.count(b'"') % 2 and (more := f.readline()):  # a quoted field holds a newline
+                raw += more
+            where, line = f"{path} row {len(rows)} (line {line})", line + raw.count(b"\n")
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+                # A row with no quote is plain tab-separated: str.split reads it (seconds for 4.6 GB; the
+                # csv module, a minute); quoted fields (a tab or newline inside) need the csv module.
+                values = next(csv.reader([text], delimiter="\t")) if '"' in text else text.rstrip("\r\n").split("\t")
+                if len(values) != len(header):
+                    raise ValueError(f"{len(values)} tab-separated fields, the header has {len(header)}")
+            except (UnicodeDecodeError, csv.Error, ValueError) as e:
+                rows.append((where, ValueError(str(e))))
+                continue
+            row = dict(zip(header, values))
+            for c in images:
+                if len(row.get(c) or "") > 64:  # pixels: keep where they are, not what they are
+                    needle = row[c].encode()
+                    row[c] = TsvImage(str(path), start + raw.find(needle), len(needle), c, where)
+            if isinstance(row.get("image"), TsvImage):
+                spans[row.get("index")] = row["image"]
+            rows.append((where, row))
+    for _, row in rows:
+        if isinstance(row, dict) and isinstance(row.get("image"), str) and row["image"] in spans:
+            row["image"] = spans[row["image"]]
+    return rows
+
+
+def _all_null(meta, column):
+    # True when the parquet statistics say every value of `column` in this row group is null (a
+    # struct's leaves all null): ZoomBench copies without crops have a crop_image column of nulls.
+    leaves = [meta.column(j) for j in range(meta.num_columns)
+              if meta.column(j).path_in_schema.split(".")[0] == column]
+    return bool(leaves) and all(c.statistics is not None and c.statistics.has_null_count
+                                and c.statistics.null_count == meta.num_rows for c in leaves)
+
+
+def _parquet_rows(path, required, optional=(), images=("image",), root=None):
     try:
         import pyarrow.parquet as pq  # optional dependency: only parquet files need it
     except ImportError:
@@ -54,43 +217,37 @@ def _parquet_rows(path, required, optional=()):
         raise FileNotFoundError(f"{path}: no *.parquet files in this folder")
     for f in files:  # the lmms-eval MME-RealWorld release is 70 shards data/train-000NN-of-00070.parquet
         try:  # pyarrow's errors (ArrowInvalid, ArrowIOError) subclass ValueError / OSError
-            names = pq.ParquetFile(f).schema_arrow.names
+            pf = pq.ParquetFile(f)
         except (OSError, ValueError) as e:
             raise ValueError(f"{f}: cannot read as parquet ({e})") from None
+        names = pf.schema_arrow.names
         _check_columns(f, names, required)
-        # Read only the columns we use: the image columns are gigabytes, the rest is small.
-        rows = pq.read_table(f, columns=[c for c in (*required, *optional) if c in names]).to_pylist()
-        yield from ((f"{f} row {n}", row) for n, row in enumerate(rows))
+        small = [c for c in (*required, *optional) if c in names and c not in images]
+        lazy = [c for c in images if c in names]
+        typed_null = {c for c in lazy if str(pf.schema_arrow.field(c).type) == "null"}  # a column of nulls only
+        n = 0
+        for g in range(pf.metadata.num_row_groups):
+            meta = pf.metadata.row_group(g)
+            empty = typed_null | {c for c in lazy if _all_null(meta, c)}
+            # Only the small columns are read: the image columns are gigabytes.
+            rows = pf.read_row_group(g, columns=small).to_pylist() if small else [{} for _ in range(meta.num_rows)]
+            for row in rows:
+                where = f"{f} row {n}"
+                for c in lazy:
+                    row[c] = None if c in empty else ParquetImage(str(f), n, c, where, str(root or f.parent))
+                yield where, row
+                n += 1
 
 
-def _tsv_rows(path, required):
-    # VLMEvalKit's TSVs hold multi-MB base64 images in one field: lift csv's 128 KB field limit.
-    csv.field_size_limit(sys.maxsize)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        _check_columns(path, reader.fieldnames or [], required)
-        rows = [(f"{path} row {n} (line {reader.line_num})", row) for n, row in enumerate(reader)]
-    # VLMEvalKit writes each image once: a row whose `image` is short (<= 64 chars) holds the
-    # `index` of the row that has the pixels.
-    images = {row.get("index"): row.get("image") for _, row in rows}
-    for where, row in rows:
-        if row.get("image") is not None and len(row["image"]) <= 64:
-            if len(images.get(row["image"]) or "") <= 64:
-                raise ValueError(f"{where}: column image: {row['image']!r} is neither base64 pixels nor "
-                                 "the index of a row that has them")
-            row["image"] = images[row["image"]]
-        yield where, row
-
-
-def _table_rows(path, required, optional=()):
+def _table_rows(path, required, optional=(), images=("image",), root=None):
     # .tsv, .parquet, or a folder of .parquet shards.
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.suffix == ".tsv":
-        return _tsv_rows(path, required)
+        return _tsv_rows(path, required, images)
     if path.suffix == ".parquet" or path.is_dir():
-        return _parquet_rows(path, required, optional)
+        return _parquet_rows(path, required, optional, images, root)
     raise ValueError(f"{path}: expected a .tsv or .parquet file (or a folder of .parquet shards)")
 
 
@@ -101,18 +258,18 @@ def _json_rows(path):
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
-            lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-        for n, line in lines:
-            try:
-                yield f"{path} line {n}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not valid JSON ({e})") from None
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield f"{path} line {n}", json.loads(line)
+                    except json.JSONDecodeError as e:
+                        yield f"{path} line {n}", ValueError(f"not valid JSON ({e})")
         return
     try:
         with open(path, encoding="utf-8") as f:
             rows = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ValueError(f"{path}: not valid JSON ({e}); expected a JSON array of questions") from None
     if not isinstance(rows, list):
         raise ValueError(f"{path}: expected a JSON array of questions, got {type(rows).__name__}")
     yield from ((f"{path} item {n}", row) for n, row in enumerate(rows))
@@ -137,38 +294,40 @@ def _get(row, *names, required=True):
 
 
 def _image(value, column):
-    # An image cell -> encoded bytes. HF Image structs {bytes, path}, raw bytes, or a base64 string
-    # (HR-Bench, the MME-RealWorld parquet and every VLMEvalKit TSV store base64 text).
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, bytes):
+    # A row's image cell, as the reader left it -> an image source for data.Example.
+    if callable(value):
         return value
-    if isinstance(value, str) and value:
-        try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError(f"column {column}: not valid base64 image data ({value[:40]!r}...)") from None
-    raise ValueError(f"column {column}: no image bytes (got {type(value).__name__})")
+    if isinstance(value, str) and value:  # a TSV reference that pointed at no row with pixels
+        raise ValueError(f"column {column}: {value!r} is neither base64 pixels nor the index of a row that has them")
+    raise ValueError(f"column {column}: empty (no image)")
 
 
-def _collect(rows, build):
-    # Build and validate every row (validate() reads each image's header); stop at the first bad
-    # one, naming the file and row. Ids must be unique: they key predictions and seed z-.
-    examples, seen = [], set()
+def _collect(rows, build, ident, limit=None):
+    # Build every row (no pixels are read); a row that fails becomes a BadItem with the file, row
+    # and reason. Ids must be unique: they key predictions and resume, and seed z-.
+    items, seen, n_bad, first_bad = [], set(), 0, []
     for where, row in rows:
+        if limit is not None and len(items) >= limit:
+            break
         try:
+            if isinstance(row, Exception):
+                raise row
             if not isinstance(row, dict):
                 raise ValueError(f"expected an object, got {type(row).__name__}")
-            ex = build(row).validate()
+            ex = build(row)
             if ex.id in seen:
                 raise ValueError(f"id {ex.id}: duplicate")
+            seen.add(ex.id)
+            items.append(ex)
         except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-        seen.add(ex.id)
-        examples.append(ex)
-    if not examples:
-        raise ValueError("no questions found")
-    return examples
+            label = ident(row) if isinstance(row, dict) else None
+            items.append(BadItem(id=where if label is None else str(label), reason=f"{where}: {e}"))
+            n_bad += 1
+            first_bad += [items[-1].reason][:3 - len(first_bad)]
+    if n_bad == len(items):
+        raise ValueError(f"none of the {len(items)} rows can be used; is this the right file for this --bench? "
+                         f"First problems: {first_bad}")
+    return items
 
 
 def _mcq(ex_id, prompt, image, options, answer, **kw):
@@ -176,7 +335,7 @@ def _mcq(ex_id, prompt, image, options, answer, **kw):
     # the gold letter. The letters of the options are LETTERS[:len(choices)].
     answer = str(answer).strip().upper()
     if answer not in LETTERS[:len(options)]:
-        raise ValueError(f"answer {answer!r} is not one of the option letters {LETTERS[:len(options)]}")
+        raise ValueError(f"column answer: {answer!r} is not one of the option letters {LETTERS[:len(options)]}")
     return data.Example(id=str(ex_id), question=prompt, image_source=image, answer=answer,
                         choices=[str(o).strip() for o in options], **kw)
 
@@ -195,10 +354,11 @@ def _options(row, columns):
 
 
 def _inline_options(text):
-    # "(A) rubber\n(B) cotton" lines inside a question (V*, ZoomBench): option texts A, B, ...
-    found = re.findall(r"^\s*\(([A-H])\)\s*(.*?)\s*$", text, re.MULTILINE)
+    # "(A) rubber\n(B) cotton" lines, or "(A) 3 (B) 4" on one line: option texts A, B, ... in
+    # order; each runs to the next marker or to the end of its line (so a closing instruction line
+    # is never part of the last option).
     options = []
-    for letter, option in found:
+    for letter, option in re.findall(r"\(([A-H])\)[ \t]*([^\n]*?)[ \t,;]*(?=\([A-H]\)|\n|\Z)", text):
         if letter != LETTERS[len(options)]:
             break
         options.append(option)
@@ -210,20 +370,29 @@ def _inline_options(text):
 # fields its report groups by into ex.meta.
 
 VSTAR_CATEGORIES = {"direct_attributes": "attribute", "relative_position": "spatial"}
+VSTAR_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 
 
-def read_vstar(path, image_root=None):
-    """craigwu/vstar_bench (§2): test_questions.jsonl, keys image (relative path), text (question,
+def read_vstar(path, image_root=None, limit=None):
+    """craigwu/vstar_bench: test_questions.jsonl, keys image (relative path), text (question,
     options and instruction), label, category, question_id. Each image's sidecar sa_X.json holds
-    the target boxes [x, y, w, h]: their union becomes ex.bbox (z+ for the gate diagnostics).
-    Or the lmms-lab parquet (image struct, text, label, question_id, category; no boxes)."""
+    the target boxes [x, y, w, h]: their union becomes ex.bbox (z+ for the gate diagnostics); a
+    missing sidecar leaves the box empty, with a warning. Or the lmms-lab parquet (image struct,
+    text, label, question_id, category; no boxes), or VLMEvalKit's VStarBench.tsv (index, base64
+    image, question, A-D, answer, optional category; no boxes), whose question gets the official
+    "(A) ..." lines and instruction."""
     path = Path(path)
     if path.is_dir():
         path = path / "test_questions.jsonl"
     if path.suffix == ".parquet":
         rows = _table_rows(path, ("image", "text", "label", "question_id", "category"))
-        return _collect(rows, lambda row: _vstar_example(row, _image(row["image"], "image"), None))
+        return _collect(rows, lambda row: _vstar_example(row, _image(row["image"], "image"), None),
+                        lambda row: row.get("question_id"), limit)
+    if path.suffix == ".tsv":
+        rows = _table_rows(path, ("index", "question", "answer", "image", "A", "B"), ("C", "D", "category"))
+        return _collect(rows, _vstar_tsv_example, lambda row: f"vstar-{row.get('index')}", limit)
     root = Path(image_root) if image_root else path.parent
+    no_box = []
 
     def build(row):
         image = root / str(_get(row, "image"))
@@ -231,8 +400,14 @@ def read_vstar(path, image_root=None):
             raise ValueError(f"column image: file {image} not found (images are read relative to "
                              f"{root}; pass --image-root if they live elsewhere)")
         sidecar = image.with_suffix(".json")  # sa_4690.jpg -> sa_4690.json
+        if not sidecar.is_file():
+            no_box.append(sidecar.name)
         return _vstar_example(row, str(image), _vstar_box(sidecar) if sidecar.is_file() else None)
-    return _collect(_json_rows(path), build)
+    items = _collect(_json_rows(path), build, lambda row: row.get("question_id"), limit)
+    if no_box:
+        warnings.warn(f"V*: {len(no_box)} of {len(items)} images have no sidecar box file (e.g. {no_box[0]} next to "
+                      "its image): those items have no box, so the gate diagnostics cannot use them")
+    return items
 
 
 def _vstar_example(row, image, bbox):
@@ -243,6 +418,17 @@ def _vstar_example(row, image, bbox):
     category = _get(row, "category")
     # The text already ends with "Answer with the option's letter from the given choices directly."
     return _mcq(_get(row, "question_id"), text, image, options, _get(row, "label"), bbox=bbox,
+                meta={"category": VSTAR_CATEGORIES.get(category, category)})
+
+
+def _vstar_tsv_example(row):
+    options, question = _options(row, "ABCD"), str(_get(row, "question")).rstrip()
+    if len(_inline_options(question)) < 2:  # options only in the A-D columns: write them as the jsonl does
+        question += "\n" + "".join(f"({LETTERS[i]}) {o}\n" for i, o in enumerate(options)) + VSTAR_INSTRUCTION
+    elif VSTAR_INSTRUCTION not in question:
+        question += "\n" + VSTAR_INSTRUCTION
+    category = row.get("category") or None
+    return _mcq(f"vstar-{row['index']}", question, _image(row["image"], "image"), options, _get(row, "answer"),
                 meta={"category": VSTAR_CATEGORIES.get(category, category)})
 
 
@@ -259,8 +445,8 @@ def _vstar_box(sidecar):
     return (x0, y0, x1, y1)
 
 
-def read_hrbench(path, image_root=None):
-    """DreamMr/HR-Bench hr_bench_{4k,8k}.tsv / .parquet (§3): index, question, A-D, answer (letter),
+def read_hrbench(path, image_root=None, limit=None):
+    """DreamMr/HR-Bench hr_bench_{4k,8k}.tsv / .parquet: index, question, A-D, answer (letter),
     category (single = FSP, cross = FCP), cycle_category, image (base64). Prompt: the authors'
     (VLMEvalKit ImageMCQ) wording."""
     rows = _table_rows(path, ("index", "question", "answer", "category", "image", "A", "B"),
@@ -276,15 +462,15 @@ def read_hrbench(path, image_root=None):
             raise ValueError(f"column category: expected single or cross, got {row['category']!r}")
         return _mcq(f"hrbench-{row['index']}", prompt, _image(row["image"], "image"), options,
                     _get(row, "answer"), meta={"category": category, "cycle": row.get("cycle_category")})
-    return _collect(rows, build)
+    return _collect(rows, build, lambda row: f"hrbench-{row.get('index')}", limit)
 
 
 MME_INSTRUCTION = ("Select the best answer to the above multiple-choice question based on the image. "
                    "Respond with only the letter (A, B, C, D, or E) of the correct option.")
 
 
-def read_mmerealworld(path, image_root=None):
-    """MME-RealWorld (§4), EN. Official MME_RealWorld.json (Question_id, Image path, Text, Answer
+def read_mmerealworld(path, image_root=None, limit=None):
+    """MME-RealWorld, EN. Official MME_RealWorld.json (Question_id, Image path, Text, Answer
     choices ["(A) ..", ..], Ground truth, Task, Subtask, Category) with images under image_root
     (default: the JSON's folder); the lmms-eval parquet shards (bytes = base64 image, question,
     multi-choice options, answer, category = "Task/Subtask", l2-category); or the VLMEvalKit TSV
@@ -301,10 +487,10 @@ def read_mmerealworld(path, image_root=None):
             return _mme_example(_get(row, "Question_id"), _get(row, "Text"), _get(row, "Answer choices"),
                                 _get(row, "Ground truth"), f"{_get(row, 'Task')}/{_get(row, 'Subtask')}",
                                 str(image), row.get("Category"))
-        return _collect(_json_rows(path), build)
+        return _collect(_json_rows(path), build, lambda row: row.get("Question_id"), limit)
     image_column = "image" if path.suffix == ".tsv" else "bytes"
     rows = _table_rows(path, ("index", "question", "answer", "category", image_column),
-                       ("multi-choice options", "l2-category"))
+                       ("multi-choice options", "l2-category"), images=(image_column,))
 
     def build(row):
         options = row.get("multi-choice options")
@@ -313,7 +499,7 @@ def read_mmerealworld(path, image_root=None):
                 else _literal_list(options)
         return _mme_example(f"mme-{row['index']}", _get(row, "question"), options, _get(row, "answer"),
                             _get(row, "category"), _image(row[image_column], image_column), row.get("l2-category"))
-    return _collect(rows, build)
+    return _collect(rows, build, lambda row: f"mme-{row.get('index')}", limit)
 
 
 def _literal_list(value):
@@ -342,40 +528,50 @@ def _mme_example(ex_id, question, options, answer, task_subtask, image, l2):
                 meta={"task": task, "subtask": f"{task}/{subtask}", "category": l2})
 
 
-def read_mmstar(path, image_root=None):
-    """Lin-Chen/MMStar (§6): mmstar.parquet (image struct) or MMStar.tsv (base64), columns index,
-    question (options inline: "Options: A: .., B: .."), answer, category, l2_category.
-    Prompt: lmms-eval's default, which asks for the letter (the official scorer reads the first
-    character)."""
+MMSTAR_CATEGORIES = ("coarse perception", "fine-grained perception", "instance reasoning", "logical reasoning",
+                     "science & technology", "math")
+
+
+def read_mmstar(path, image_root=None, limit=None):
+    """Lin-Chen/MMStar: mmstar.parquet (image struct) or MMStar.tsv (base64), columns index,
+    question (options inline), answer, category (one of the 6 core categories; anything else means
+    another benchmark's file), l2_category. Prompt: lmms-eval's default, which asks for the letter."""
     rows = _table_rows(path, ("index", "question", "answer", "category", "image"), ("l2_category",))
 
     def build(row):
-        question = _get(row, "question")
-        # Option texts only feed the chance level; when they do not parse, the letters stay A-D.
+        question, category = _get(row, "question"), _get(row, "category")
+        if category not in MMSTAR_CATEGORIES:
+            raise ValueError(f"column category: {category!r} is not one of MMStar's categories {MMSTAR_CATEGORIES}")
+        # Two option layouts: "Options: A: x, B: y, ..." on one line (most rows) and "(A) x" lines
+        # (346 of the 1,500). Option texts only feed the chance level; unparsed, the letters stay A-D.
         found = re.findall(r"(?:Options:\s*|,\s*)([A-D]): (.*?)(?=,\s*[A-D]: |$)", question, re.DOTALL)
         options = [o for _, o in found] if [l for l, _ in found] == list(LETTERS[:len(found)]) else []
+        options = options if len(options) >= 2 else _inline_options(question)
         prompt = question + "\nAnswer with the option's letter from the given choices directly"
-        meta = {"category": _get(row, "category"), "l2_category": row.get("l2_category")}
+        meta = {"category": category, "l2_category": row.get("l2_category")}
         image = _image(row["image"], "image")
         if len(options) >= 2:
             return _mcq(f"mmstar-{row['index']}", prompt, image, options, _get(row, "answer"), meta=meta)
         return data.Example(id=f"mmstar-{row['index']}", question=prompt, image_source=image,
                             answer=str(_get(row, "answer")).strip().upper(), meta=meta)
-    return _collect(rows, build)
+    return _collect(rows, build, lambda row: f"mmstar-{row.get('index')}", limit)
 
 
-def read_zoombench(path, image_root=None):
-    """inclusionAI/ZoomBench data/test.parquet (§5). Column names differ between copies; both work:
-    question = prompt | query | question, answer = answer | response, image (struct), optional id,
-    question_type ("mcq" / other), category | sub_task | dimension, bbox [x1, y1, x2, y2].
-    MCQs carry "(A) .." options in the question and a letter answer; open questions a free-form one."""
+def read_zoombench(path, image_root=None, limit=None):
+    """inclusionAI/ZoomBench data/test.parquet. Column names differ between copies; both work:
+    question = prompt | query | question, answer = answer | response, image (struct; bytes, or a
+    path relative to image_root / the parquet's folder), crop_image (the ground-truth crop: z+ and
+    the crop view), optional id, question_type ("mcq" / other), category | sub_task | dimension,
+    bbox [x1, y1, x2, y2]. MCQs carry "(A) .." options in the question and a letter answer; open
+    questions a free-form one."""
     rows = _table_rows(path, ("image",), ("id", "index", "prompt", "query", "question", "answer", "response",
-                                          "question_type", "category", "sub_task", "dimension", "bbox"))
+                                          "question_type", "category", "sub_task", "dimension", "bbox"),
+                       images=("image", "crop_image"), root=image_root)
 
     def build(row):
         question = str(_get(row, "prompt", "query", "question")).replace("<image>", "").strip()
         answer = str(_get(row, "answer", "response")).strip()
-        options, gold_letter = _inline_options(question), _zwz_gold_letter(answer)
+        options, gold_letter = _inline_options(question), zwz_gold_letter(answer)
         kind = row.get("question_type")
         if kind is None:  # no type column: an MCQ is a letter answer to a question with (A) options
             kind = "mcq" if gold_letter and len(options) >= 2 else "open"
@@ -383,7 +579,8 @@ def read_zoombench(path, image_root=None):
                 "category": _get(row, "category", "sub_task", "dimension", required=False)}
         ex_id = _get(row, "id", "index", required=False)
         ex_id = f"zoombench-{row['_row']}" if ex_id is None else str(ex_id)
-        kw = dict(meta=meta, bbox=None if row.get("bbox") is None else tuple(row["bbox"]))
+        kw = dict(meta=meta, bbox=None if row.get("bbox") is None else tuple(row["bbox"]),
+                  pos_crop=_image(row["crop_image"], "crop_image") if row.get("crop_image") else None)
         if meta["type"] == "open":
             return data.Example(id=ex_id, question=question, image_source=_image(row["image"], "image"),
                                 answer=answer, **kw)
@@ -391,184 +588,61 @@ def read_zoombench(path, image_root=None):
             raise ValueError(f"column question_type: mcq, but the answer {answer!r} is not a letter or the "
                              "question has no '(A) ...' option lines")
         return _mcq(ex_id, question, _image(row["image"], "image"), options, gold_letter, **kw)
-    return _collect(((where, {**row, "_row": n}) for n, (where, row) in enumerate(rows)), build)
+    return _collect(((where, {**row, "_row": n} if isinstance(row, dict) else row)
+                     for n, (where, row) in enumerate(rows)), build,
+                    lambda row: _get(row, "id", "index", required=False) or f"zoombench-{row.get('_row')}", limit)
 
 
 READERS = {"vstar": read_vstar, "hrbench": read_hrbench, "mmerealworld": read_mmerealworld,
            "mmstar": read_mmstar, "zoombench": read_zoombench}
 
 
-def read(bench, path, image_root=None):
-    """The benchmark's file(s) at `path` -> validated examples, file order."""
-    if bench in ("jsonl", "zoom"):  # the project's own formats: data.py reads them
-        return data.load_examples(path)
+def read(bench, path, image_root=None, limit=None):
+    """The benchmark's file(s) at `path` -> its first `limit` rows in file order: data.Example, or
+    BadItem for a row that cannot be used. No pixels are read (see the top of this file)."""
+    if bench in ("jsonl", "zoom"):  # the project's own formats: data.py reads (and refuses bad rows)
+        return data.load_examples(path)[:limit]
     if bench not in READERS:
         raise ValueError(f"unknown benchmark {bench!r}; choose one of {BENCHES}")
-    return READERS[bench](path, image_root)
-
-
-# ----------------------------------------------------------------------------------------------
-# Answer rules. All start from strip_reasoning; then each benchmark's own rule, with ONE change
-# everywhere: a letter counts only when it stands alone, never as the first letter of a word. The
-# official rules of MME-RealWorld (first A-E anywhere), MMStar (first character) and lmms-eval's
-# V* (leading letter) read "Based on the image..." as B: a scorer bug, not an answer.
-
-def strip_reasoning(text):
-    """The answer part of a response: after the last </think>, inside the last <answer>...</answer>."""
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    elif "<think>" in text:  # cut off while thinking: whatever came before <think> is all there is
-        text = text.split("<think>", 1)[0]
-    if "<answer>" in text:
-        text = text.rsplit("<answer>", 1)[1].split("</answer>", 1)[0]
-    return text.strip()
-
-
-def _letters(ex):
-    return LETTERS[:len(ex.choices)] if ex.choices else "ABCD"
-
-
-def _first(patterns, text):
-    for pattern in patterns:
-        m = re.search(pattern, text)
-        if m:
-            return m.group(1)
-    return None
-
-
-def _vstar_letter(text, ex):
-    # lmms-eval's extract_answer_letter, in its order, letters A-D (§2).
-    return _first([r"^[(\[]?([A-D])(?![A-Za-z])",                          # "B", "(B)", "B. rubber"
-                   r"(?i:(?:the\s+)?(?:answer|choice|option)(?:\s+is)?)[\s:]+([A-D])(?![A-Za-z])",
-                   r"\(([A-D])\)",                                          # "(B)" anywhere
-                   r"(?<![A-Za-z])([A-D])\s*[.)\]]",                         # "B." "B)" "B]"
-                   r"(?<![A-Za-z])([A-D])(?![A-Za-z])"], text)              # a lone capital
-
-
-def _hrbench_letter(text, ex):
-    # VLMEvalKit's can_infer (exact-matching mode, §3): exactly one option letter as a token, else
-    # exactly one option text inside a response at most twice as long as all options together.
-    tokens = re.sub(r"[.()\[\],:;!*#{}]", " ", text).split()
-    named = [l for l in _letters(ex) if l in tokens]
-    if len(named) == 1:
-        return named[0]
-    if len(text) <= 2 * sum(len(c) for c in ex.choices):
-        named = [l for l, c in zip(_letters(ex), ex.choices) if c.lower() in text.lower()]
-        if len(named) == 1:
-            return named[0]
-    return None
-
-
-def _mme_letter(text, ex):
-    # The official extract_characters_regex (§4): drop "The best answer is"-style prefixes, take the
-    # first A-E; if none, a short response that is part of one option string "(A) 13" names it.
-    for prefix in ("The best answer is", "The correct answer is", "The answer is", "The answer",
-                   "The best option is", "The correct option is", "Best answer:", "Best option:"):
-        text = text.replace(prefix, "")
-    letter = _first([r"(?<![A-Za-z])([A-E])(?![A-Za-z])"], text)
-    if letter or len(text.split()) > 10 or not text.strip():
-        return letter
-    named = [l for l, c in zip(_letters(ex), ex.choices) if text.strip().lower() in f"({l}) {c}".lower()]
-    return named[0] if named else None
-
-
-def _mmstar_letter(text, ex):
-    # The official MMStar_eval (§6), lower-cased: the first character, or the one after "(",
-    # "option " or "the answer is ".
-    m = re.match(rf"(?:\(|option |the answer is )?([{_letters(ex).lower()}])(?![a-z])", text.lower())
-    return m.group(1).upper() if m else None
-
-
-def _zwz_gold_letter(gold):
-    # ZwZ's extract_mcq_option: "C", "C.", "(C)", "C: ..." -> C; "Cat" -> "" (§1).
-    m = re.match(r"^[ (\[]*([A-F])(?:$|[.)\]]|[:\-]\s+)", gold.strip())
-    return m.group(1) if m else ""
-
-
-def _normalize(s):
-    # A small stand-in for mathruler's grade_answer (string normalization; numbers compared as
-    # numbers). No sympy: "1/2" vs "0.5" is left to the judge.
-    s = re.sub(r"\\text\{(.*?)\}", r"\1", s.strip().lower()).replace("$", "")
-    s = re.sub(r"^answer\s*:\s*", "", s)
-    s = re.sub(r"\s+", " ", s).strip(" .,;:!?\"'`")
-    try:
-        return str(float(s.replace(",", "")))
-    except ValueError:
-        return s
-
-
-def _zoombench_verdict(text, ex):
-    # ZwZ's judge (§1) without its LLM: the answer after "Answer:" (else the last 3 lines), equal to
-    # the gold after normalization -> correct; for an MCQ, the option letter it names (first "(X)",
-    # else a standalone "X." / "X)" / "X"); anything else goes to the judge.
-    if "Answer:" in text:
-        text = text[text.find("Answer:"):]
-    else:
-        text = "\n".join(text.split("\n")[-3:])
-    if text and _normalize(text) == _normalize(ex.answer):
-        return text, text, True
-    if ex.meta.get("type") == "mcq":
-        letters = _letters(ex)
-        letter = _first([rf"\(([{letters}])\)", rf"(?<![A-Za-z])([{letters}])(?=[.)\s]|$)"], text)
-        return text, letter, None if letter is None else letter == ex.answer
-    return text, None, None
-
-
-LETTER_RULES = {"vstar": _vstar_letter, "hrbench": _hrbench_letter, "mmerealworld": _mme_letter,
-                "mmstar": _mmstar_letter}
-
-
-def judge(bench, response, ex):
-    """(extracted answer text, prediction, verdict) for one response; verdict None = undecidable
-    by rule (a judge would decide; counted wrong)."""
-    if ex.answer is None:
-        raise ValueError(f"example {ex.id}: field answer: missing; evaluation needs the gold answer")
-    text = strip_reasoning(response)
-    if bench in LETTER_RULES:
-        letter = LETTER_RULES[bench](text, ex)
-        return text, letter, None if letter is None else letter == ex.answer
-    if bench == "zoombench":
-        return _zoombench_verdict(text, ex)
-    if ex.choices:  # the zoom world / project JSONL: the choice the answer names (data.match_choice)
-        choice = data.match_choice(text, ex.choices)
-        return text, choice, None if choice is None else choice == ex.answer
-    # Free-form JSONL answers: an exact (normalized) match is correct; anything else needs a judge.
-    return text, text, True if _normalize(text) == _normalize(ex.answer) else None
+    return READERS[bench](path, image_root, limit)
 
 
 # ----------------------------------------------------------------------------------------------
 # Aggregation: {name: (accuracy, n)}, "overall" first. Rows are eval.py's prediction records:
-# "correct" (bool) and "meta" (the example's meta).
+# "meta" (the example's meta), a bool under `key` ("correct": rule only), and "error" for items
+# that could not be evaluated: those are left out of every denominator (eval.py reports them).
 
-def _acc(rows):
-    return (sum(r["correct"] for r in rows) / len(rows), len(rows)) if rows else (float("nan"), 0)
+def _acc(rows, key):
+    return (sum(bool(r[key]) for r in rows) / len(rows), len(rows)) if rows else (float("nan"), 0)
 
 
-def _groups(rows, key):
+def _groups(rows, field):
     out = {}
     for r in rows:
-        if r["meta"].get(key) is not None:
-            out.setdefault(str(r["meta"][key]), []).append(r)
+        if r["meta"].get(field) is not None:
+            out.setdefault(str(r["meta"][field]), []).append(r)
     return dict(sorted(out.items()))
 
 
-def _cycle_mean(rows):
+def _cycle_mean(rows, key):
     # HR-Bench: accuracy per rotation cycle of the options, then the mean over cycles (authors'
-    # repo, VLMEvalKit, lmms-eval). Equals the plain mean when the cycles are complete (§3).
+    # repo, VLMEvalKit, lmms-eval). Equals the plain mean when the cycles are complete.
     cycles = _groups(rows, "cycle") or {"all": rows}
-    accs = [_acc(c)[0] for c in cycles.values() if c]
+    accs = [_acc(c, key)[0] for c in cycles.values() if c]
     return (sum(accs) / len(accs), len(rows)) if accs else (float("nan"), 0)
 
 
-def aggregate(bench, rows):
-    """The numbers the benchmark reports, {name: (accuracy in [0, 1], items)}."""
+def aggregate(bench, rows, key="correct"):
+    """The numbers the benchmark reports, {name: (accuracy in [0, 1], items)}, over the rows without
+    an error."""
+    rows = [r for r in rows if not r.get("error")]
     if bench == "hrbench":  # overall = HR-Bench's "Avg"
         cats = _groups(rows, "category")
-        return {"overall": _cycle_mean(rows), **{c: _cycle_mean(cats.get(c, [])) for c in ("FSP", "FCP")}}
-    out = {"overall": _acc(rows)}  # micro average over items: every benchmark's headline here
+        return {"overall": _cycle_mean(rows, key), **{c: _cycle_mean(cats.get(c, []), key) for c in ("FSP", "FCP")}}
+    out = {"overall": _acc(rows, key)}  # micro average over items: every benchmark's headline here
     if bench == "mmerealworld":  # Perception / Reasoning, then each Task/Subtask
-        return {**out, **{k: _acc(rs) for key in ("task", "subtask") for k, rs in _groups(rows, key).items()}}
+        return {**out, **{k: _acc(rs, key) for field in ("task", "subtask") for k, rs in _groups(rows, field).items()}}
     if bench == "zoombench":
-        out.update({t: _acc(rs) for t, rs in _groups(rows, "type").items()})
-    out.update({c: _acc(rs) for c, rs in _groups(rows, "category").items()})
+        out.update({t: _acc(rs, key) for t, rs in _groups(rows, "type").items()})
+    out.update({c: _acc(rs, key) for c, rs in _groups(rows, "category").items()})
     return out
