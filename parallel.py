@@ -4,6 +4,7 @@ phase, and the few cross-rank reductions a step needs. torch only; `model.setup_
 starts the process group.
 
     shard_fsdp(model)                      # FSDP2: every transformer block its own unit, then the root
+    with lockstep(teacher_model): ...      # a sharded model: every rank runs as many forwards
     with gathered(model):                  # FSDP2: parameters gathered once, for a whole phase
         ...                                # (sampling, an update micro-batch): no per-forward collectives
     total, = all_sum([x], device)          # a list of floats summed (or max-ed) over ranks
@@ -24,13 +25,11 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 
 
 def shard_fsdp(net):
-    """FSDP2 (in place): the vision tower is its own unit, then every transformer block (the
-    model's `_no_split_modules`), then the root (embeddings, final norm, lm_head)."""
-    blocks = set(getattr(net, "_no_split_modules", None) or [])
-    for module in list(net.modules()):
-        if type(module).__name__ in blocks:
-            fully_shard(module)
-    fully_shard(net.model.visual)
+    """FSDP2 (in place): every transformer block of the language model is a unit, the rest (vision
+    tower, embeddings, final norm, lm_head) is the root unit. So every forward of the model runs the
+    same collectives whether or not it carries images: what `lockstep` relies on."""
+    for layer in net.model.language_model.layers:
+        fully_shard(layer)
     fully_shard(net)
     return net
 
@@ -56,6 +55,32 @@ def gathered(model):
             unit.reshard()
             unit.set_reshard_after_forward(True, recurse=False)
             unit.set_reshard_after_backward(True, recurse=False)
+
+
+@contextlib.contextmanager
+def lockstep(model):
+    """For a model that stays sharded (the teacher): every forward gathers its blocks from all
+    ranks, so the ranks must run their forwards together, though their data (prompt lengths, how
+    many forwards a token budget needs) differ. Before each forward a rank says so (a one-number
+    all-reduce, as transformers' synced_gpus does per decoded token); a rank that is done keeps
+    answering with one-token forwards until no rank has work. No-op unless `model` is FSDP2-sharded
+    over several ranks."""
+    if not (isinstance(model, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1):
+        yield
+        return
+    device = next(model.parameters()).device
+    working = lambda flag: all_sum([flag], device)[0] > 0
+
+    def announce(module, args):      # returns None: a pre-hook's return value would replace the arguments
+        working(1)
+    hook = model.register_forward_pre_hook(announce)
+    try:
+        yield
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        while working(0):
+            model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=device), use_cache=False, logits_to_keep=1)
 
 
 def sync_grads(model, enabled):

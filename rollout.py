@@ -10,17 +10,16 @@ Siblings are contiguous rows (b*G .. b*G+G-1), the layout gate.py expects. Each 
 ONCE (prefix.py): `generate` continues its G siblings from that one prefill, and the same prefill
 then scores the sampled tokens (old_logp). Greedy decoding (`greedy=True`, group_size=1) is what
 eval.py uses. Works on a plain model, a DDP-wrapped model (sampling runs on the bare model) and an
-FSDP2-sharded one (ranks step in lockstep: synced_gpus).
+FSDP2-sharded one (its parameters gathered once for the whole rollout: no collective per token).
 """
 
 import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule
 
 from model import select_prompts, vision_token_ids
+from parallel import gathered
 from prefix import GroupScorer, encode, packs, sampling_cache
 from prefix import score as _score   # `score` is also sample()'s switch
 
@@ -88,57 +87,52 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
     eos_ids = gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id]
     # Every sampling knob is set explicitly: real Qwen checkpoints ship generation configs with
     # top_k=1 / top_p=0.001 / repetition penalties that would silently change the policy we sample.
-    knobs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature,
-                                                      top_p=top_p, top_k=0)
-    # An FSDP2 model runs collectives in every forward, so all ranks must keep stepping until the
-    # slowest rank is done (synced_gpus); DDP samples on the bare module, with no collectives.
-    synced = isinstance(net, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
+    knobs = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    # synced_gpus=False: transformers turns it on for FSDP models (an all-reduce per decoded token, so
+    # ranks stop together); our ranks need none, the parameters are gathered (below).
+    knobs.update(max_new_tokens=max_new_tokens, repetition_penalty=1.0, eos_token_id=eos_ids, synced_gpus=False,
+                 pad_token_id=gen_cfg.pad_token_id, suppress_tokens=vision_token_ids(processor))  # could not be re-scored
+    # Packs of prompts per generate call; per-prompt seeds: one prompt per call.
+    packs_ = [[b] for b in range(num_prompts)] if per_prompt_seeds else \
+        packs([G * (prompts["input_ids"].shape[1] + max_new_tokens)] * num_prompts, max_tokens)
 
     was_training = net.training
     net.eval()
     start = time.perf_counter()
-    width = prompts["input_ids"].shape[1]
-    groups = [[b] for b in range(num_prompts)] if per_prompt_seeds else \
-        packs([G * (width + max_new_tokens)] * num_prompts, max_tokens)
-    parts = []   # (prefix, its answer rows' prompt index in the pack, sampled tokens [n*G, t])
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], enabled=seed is not None):
+    # FSDP2: the student's parameters are gathered ONCE for sampling and scoring (parallel.gathered),
+    # so no forward below, and no decoded token, runs a collective: ranks may take different
+    # numbers of calls and decoding steps.
+    with gathered(net), torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                               enabled=seed is not None):
         if seed is not None and not per_prompt_seeds:
             torch.manual_seed(seed)
-        for pack in groups:
+        parts = []   # (the pack's prefix, each answer row's prompt in the pack, sampled tokens [n*G, t])
+        for pack in packs_:
             if per_prompt_seeds:
                 torch.manual_seed(seed[pack[0]])
             inputs = {k: v.to(device) for k, v in select_prompts(prompts, pack).items()}
             # One prefill per prompt (prefix.py), copied to its G sibling rows for generate to continue.
             prefix = encode(net, inputs, hold_last=True)
-            rows = torch.arange(len(pack), device=device).repeat_interleave(G)      # siblings contiguous
+            rows = torch.arange(len(pack), device=device).repeat_interleave(G)       # siblings contiguous
             out = net.generate(input_ids=inputs["input_ids"][rows], attention_mask=inputs["attention_mask"][rows],
-                               past_key_values=sampling_cache(net, prefix, rows), max_new_tokens=max_new_tokens,
-                               repetition_penalty=1.0, suppress_tokens=vision_token_ids(processor),  # could not be re-scored
-                               eos_token_id=eos_ids, pad_token_id=gen_cfg.pad_token_id, synced_gpus=synced, **knobs)
+                               past_key_values=sampling_cache(net, prefix, rows), **knobs)
             parts.append((prefix, rows, out[:, inputs["input_ids"].shape[1]:]))   # generate returns prompt + new
-    seconds = time.perf_counter() - start
-    # Right-pad the parts to one length T with the pad token (masked below anyway).
-    T = max(p.shape[1] for _, _, p in parts)
-    response_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=gen_cfg.pad_token_id)
-                              for _, _, p in parts])                                  # [B*G, T]
-    response_mask, truncated = response_mask_from(response_ids, eos_ids)
-
-    # old_logp: log pi_s(y_k | x, y<k) of the sampled tokens under the student as it was when it
-    # sampled, recomputed from the same prefix with the scoring function the update uses (as verl
-    # recomputes): the PPO ratio of the first update is 1, and memory stays bounded (generate's
-    # per-step logits would be [T, N, V]). With temperature != 1 the tokens were drawn from
-    # softmax(logits / temperature), but old_logp is still the policy's own (temperature 1)
-    # log-prob, the quantity the loss differentiates: the ratio is pi_new / pi_old of the policy,
-    # not an importance weight against the tempered sampling distribution.
-    old_logp = None
-    if score:
-        old_logp, row = [], 0
-        for prefix, rows, _ in parts:
-            n = len(rows)
-            old_logp.append(_score(net, prefix, rows, response_ids[row:row + n], response_mask[row:row + n],
-                                   max_tokens=max_tokens))
-            row += n
-        old_logp = torch.cat(old_logp)
+        seconds = time.perf_counter() - start
+        # Right-pad the parts to one length T with the pad token (masked below anyway).
+        T = max(p.shape[1] for _, _, p in parts)
+        response_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=gen_cfg.pad_token_id)
+                                  for _, _, p in parts])                              # [B*G, T]
+        response_mask, truncated = response_mask_from(response_ids, eos_ids)
+        # old_logp: log pi_s(y_k | x, y<k) of the sampled tokens under the student as it was when it
+        # sampled, scored from the same prefill with the scoring function the update uses (as verl
+        # recomputes them): the PPO ratio of the first update is 1, and memory stays bounded
+        # (generate's per-step logits would be [T, N, V]). With temperature != 1 the tokens were
+        # drawn from softmax(logits / temperature), but old_logp is still the policy's own
+        # (temperature 1) log-prob, the quantity the loss differentiates: the ratio is pi_new / pi_old
+        # of the policy, not an importance weight against the tempered sampling distribution.
+        old_logp = torch.cat([_score(net, prefix, rows, response_ids[part], response_mask[part], max_tokens=max_tokens)
+                              for (prefix, rows, _), part in zip(parts, torch.arange(len(response_ids)).split(
+                                  [len(rows) for _, rows, _ in parts]))]) if score else None
     net.train(was_training)
 
     lengths = response_mask.sum(dim=1).float()

@@ -28,6 +28,7 @@ Memory: `max_tokens` bounds the token positions one forward holds (rows x column
 import torch
 
 from model import check_compatible, select_prompts, student_prompts, teacher_prompts
+from parallel import lockstep
 from prefix import encode, packs, score
 
 VIEWS = ("plain", "pos", "neg")
@@ -87,17 +88,19 @@ class Teacher:
             crop_prompts = teacher_prompts(self.processor, list(full_images) * len(crop_views),
                                            [c for v in crop_views for c in crops[v]], list(questions) * len(crop_views))
             starts = crop_starts(crop_prompts)
-        # Examples in packs whose answer forwards hold at most max_tokens positions in all.
+        # Examples in packs whose answer forwards hold at most max_tokens positions in all. A sharded
+        # teacher runs as many forwards on every rank (parallel.lockstep).
         width = max(p["input_ids"].shape[1] for p in (plain, crop_prompts if crop_views else None) if p is not None)
-        for pack in packs([len(views) * G * (width + T)] * B, self.max_tokens):
-            answers = torch.cat([torch.arange(b * G, (b + 1) * G) for b in pack])    # rollout rows [m*G]
-            rows = torch.arange(len(pack)).repeat_interleave(G)                      # their prompt in the pack
-            if plain is not None:
-                prefix = encode(self.model, _to(select_prompts(plain, pack), device), hold_last=True)
-                out["plain"][answers] = score(self.model, prefix, rows, ids[answers], mask[answers],
-                                              max_tokens=self.max_tokens)
-            if crop_views:
-                self._crop_views(crop_prompts, starts, pack, B, crop_views, answers, ids, mask, out, device)
+        with lockstep(self.model):
+            for pack in packs([len(views) * G * (width + T)] * B, self.max_tokens):
+                answers = torch.cat([torch.arange(b * G, (b + 1) * G) for b in pack])    # rollout rows [m*G]
+                rows = torch.arange(len(pack)).repeat_interleave(G)                      # their prompt in the pack
+                if plain is not None:
+                    prefix = encode(self.model, _to(select_prompts(plain, pack), device), hold_last=True)
+                    out["plain"][answers] = score(self.model, prefix, rows, ids[answers], mask[answers],
+                                                  max_tokens=self.max_tokens)
+                if crop_views:
+                    self._crop_views(crop_prompts, starts, pack, B, crop_views, answers, ids, mask, out, device)
         return out
 
     def _crop_views(self, prompts, starts, pack, B, crop_views, answers, ids, mask, out, device):

@@ -1,0 +1,114 @@
+"""Tests of parallel.py on 2 gloo ranks (CPU): FSDP2 sampling gathers the student once, not per
+decoded token; a sharded teacher stays in lockstep when the ranks' data need different numbers of
+forwards; and both give what one process with the unsharded models gives.
+
+    python -m pytest -q tests/test_parallel.py
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch
+from PIL import Image
+
+import model as M
+from rollout import sample
+from teacher import Teacher
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+G, NEW = 3, 6
+
+
+def noise(seed, side):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+
+def rank_data(rank):
+    # Rank 0 and rank 1 get prompts of different lengths (image sizes, questions), so their token
+    # budgets split the work into different numbers of forwards.
+    fulls = [noise(10 * rank + i, side) for i, side in enumerate([224, 112] if rank == 0 else [168])]
+    questions = [f"Which symbol is in the box? {'Look closely. ' * (rank + i)}" for i in range(len(fulls))]
+    crops = [noise(100 + 10 * rank + i, 56) for i in range(len(fulls))]
+    negs = [noise(200 + 10 * rank + i, 56) for i in range(len(fulls))]
+    seeds = [1000 + 10 * rank + i for i in range(len(fulls))]
+    return fulls, questions, crops, negs, seeds
+
+
+def run_two_ranks(script, timeout=240):
+    """Run `script` on 2 gloo ranks (torchrun); each rank prints one line "RESULT <json>". A hung
+    run is killed with all its workers (a session of its own)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                             "--no-python", sys.executable, "-c", script, ROOT], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, out[-3000:]
+    return [json.loads(line.split("RESULT ", 1)[1]) for line in out.splitlines() if line.startswith("RESULT ")]
+
+
+SCRIPT = textwrap.dedent("""
+    import json, sys, torch, torch.distributed as dist
+    sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests")
+    import model as M, parallel
+    from rollout import sample
+    from teacher import Teacher
+    from test_parallel import rank_data, G, NEW
+    rank, world, device = M.setup_distributed()
+    student, proc = M.load("tiny:qwen2_5_vl")
+    teacher_model, _ = M.load("tiny:qwen2_5_vl@1")
+    parallel.shard_fsdp(student)
+    parallel.shard_fsdp(teacher_model)
+    gathers = [0]
+    real_gather = dist.all_gather_single
+    def counting_gather(*args, **kwargs):
+        gathers[0] += 1
+        return real_gather(*args, **kwargs)
+    dist.all_gather_single = counting_gather
+    in_generate = [0]
+    real_generate = student.generate
+    def counting_generate(*args, **kwargs):
+        before = gathers[0]
+        out = real_generate(*args, **kwargs)
+        in_generate[0] += gathers[0] - before
+        return out
+    student.generate = counting_generate
+    fulls, questions, crops, negs, seeds = rank_data(rank)
+    prompts = M.student_prompts(proc, fulls, questions)
+    gathers[0] = 0
+    ro = sample(student, proc, prompts, group_size=G, max_new_tokens=NEW, seed=seeds)
+    sampling_gathers = gathers[0]
+    lp = Teacher(teacher_model, proc, max_tokens=150).replay(ro, fulls, questions, pos_crops=crops, neg_crops=negs)
+    units = len(parallel.fsdp_units(student))
+    print("RESULT", json.dumps({"rank": rank, "units": units, "sampling_gathers": sampling_gathers,
+                                "generate_gathers": in_generate[0], "ids": ro.response_ids.tolist(),
+                                "old_logp": ro.old_logp.tolist(), "pos": lp["pos"].tolist(), "neg": lp["neg"].tolist()}))
+    dist.destroy_process_group()
+""")
+
+
+def test_fsdp2_rollout_gathers_once_and_sharded_teacher_keeps_lockstep():
+    results = {r["rank"]: r for r in run_two_ranks(SCRIPT)}
+    assert sorted(results) == [0, 1]
+    student, processor = M.load("tiny:qwen2_5_vl")
+    teacher_model, _ = M.load("tiny:qwen2_5_vl@1")
+    for rank, r in results.items():
+        # One all-gather per FSDP unit for the whole rollout (2 blocks + the root), none per token.
+        assert r["generate_gathers"] == 0 and r["sampling_gathers"] == r["units"] == 3, r
+        # The same samples, log-probs and teacher replay as one process with unsharded models.
+        fulls, questions, crops, negs, seeds = rank_data(rank)
+        ro = sample(student, processor, M.student_prompts(processor, fulls, questions), group_size=G,
+                    max_new_tokens=NEW, seed=seeds)
+        assert torch.equal(ro.response_ids, torch.tensor(r["ids"]))
+        torch.testing.assert_close(ro.old_logp, torch.tensor(r["old_logp"]), rtol=0, atol=1e-5)
+        lp = Teacher(teacher_model, processor).replay(ro, fulls, questions, pos_crops=crops, neg_crops=negs)
+        torch.testing.assert_close(lp["pos"], torch.tensor(r["pos"]), rtol=0, atol=1e-5)
+        torch.testing.assert_close(lp["neg"], torch.tensor(r["neg"]), rtol=0, atol=1e-5)
