@@ -52,6 +52,7 @@ import csv
 import functools
 import io
 import json
+import os
 import re
 import sys
 import warnings
@@ -129,7 +130,8 @@ class ParquetImage:
     root: str
 
     def __call__(self):
-        return _open_image(_cursor(self.path, self.column).get(self.row), self.where, self.column, self.root)
+        cursor = _cursor(self.path, self.column, os.stat(self.path).st_mtime_ns)  # a rewritten file: a new cursor
+        return _open_image(cursor.get(self.row), self.where, self.column, self.root)
 
 
 class _Cursor:
@@ -155,7 +157,7 @@ class _Cursor:
 
 
 @functools.lru_cache(maxsize=2)  # the current column (and the previous one) of the current file
-def _cursor(path, column):
+def _cursor(path, column, mtime):
     return _Cursor(path, column)
 
 
