@@ -174,8 +174,9 @@ def _tiny_config(family, size, tokenizer):
     return AutoConfig.for_model(family, text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
-def build_tiny(family="qwen2_5_vl", size="tiny", seed=0):
-    """A random-weight Qwen VLM + processor, built offline, identical for a seed in any process."""
+def build_tiny(family="qwen2_5_vl", size="tiny", seed=0, device="cpu"):
+    """A random-weight Qwen VLM + processor, built offline, identical for a seed in any process.
+    device="meta": the model's shapes only, no weights (parallel.load_sharded fills them)."""
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {sorted(FAMILIES)}")
     if size not in SIZES:
@@ -187,7 +188,7 @@ def build_tiny(family="qwen2_5_vl", size="tiny", seed=0):
                                                min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
     processor = QwenImageProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
     config = _tiny_config(family, size, tokenizer)
-    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+    with torch.random.fork_rng(devices=[]), torch.device(device):  # seeded init, the caller's RNG untouched
         torch.manual_seed(seed)
         model = getattr(transformers, class_name)(config)
     return _finish(model, processor), processor
@@ -196,11 +197,13 @@ def build_tiny(family="qwen2_5_vl", size="tiny", seed=0):
 def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, trust_remote_code=False,
          min_pixels=None, max_pixels=None):
     """(model, processor) from a hub id, a local dir, or an offline spec "SIZE:FAMILY[@SEED]".
+    device="meta" builds the model without reading any weight (see parallel.load_sharded).
     min_pixels / max_pixels override the image processor's bounds (see `set_pixel_bounds`)."""
+    meta = torch.device(device).type == "meta"
     spec = re.fullmatch(r"(tiny|small):(\w+?)(?:@(\d+))?", name)
     if spec:
         size, family, seed = spec.group(1), spec.group(2), int(spec.group(3) or 0)
-        model, processor = build_tiny(family, size, seed)
+        model, processor = build_tiny(family, size, seed, device="meta" if meta else "cpu")
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         set_pixel_bounds(processor, min_pixels, max_pixels)
@@ -212,8 +215,12 @@ def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, t
     model_type = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).model_type
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{name!r} is a {model_type!r} model; supported: {sorted(SUPPORTED_MODEL_TYPES)}")
-    model = AutoModelForImageTextToText.from_pretrained(
-        name, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    kw = dict(dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    if meta:
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained(name, **kw), **kw)
+    else:   # (straight to a GPU would need transformers' device_map, hence accelerate: not a dependency)
+        model = AutoModelForImageTextToText.from_pretrained(name, **kw)
     processor = QwenImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
     if processor.chat_template is None:  # some checkpoints keep the template on the tokenizer only
         processor.chat_template = processor.tokenizer.chat_template

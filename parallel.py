@@ -1,8 +1,10 @@
 """
-How the models are spread over ranks: DDP / FSDP2 wrapping, gathering sharded parameters for a
-phase, and the few cross-rank reductions a step needs. torch only; `model.setup_distributed`
-starts the process group.
+How the models are spread over ranks and kept in precision: FSDP2 sharding (with bf16 compute over
+fp32 shards) and loading, gathering sharded parameters for a phase, fp32 master weights for a bf16
+model without FSDP, and the few cross-rank reductions a step needs. torch only;
+`model.setup_distributed` starts the process group.
 
+    model, proc = load_sharded(load, rank, device, torch.bfloat16)   # read once per node, sharded
     shard_fsdp(model)                      # FSDP2: every transformer block its own unit, then the root
     with lockstep(teacher_model): ...      # a sharded model: every rank runs as many forwards
     with gathered(model):                  # FSDP2: parameters gathered once, for a whole phase
@@ -21,17 +23,44 @@ import contextlib
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 
-def shard_fsdp(net):
+def shard_fsdp(net, compute_dtype=None):
     """FSDP2 (in place): every transformer block of the language model is a unit, the rest (vision
     tower, embeddings, final norm, lm_head) is the root unit. So every forward of the model runs the
-    same collectives whether or not it carries images: what `lockstep` relies on."""
+    same collectives whether or not it carries images: what `lockstep` relies on.
+    compute_dtype (e.g. bf16 for fp32 parameters): FSDP2's mixed precision. Each rank keeps its fp32
+    shard (the optimizer's master weights); gathered parameters, activations and KV caches are in
+    compute_dtype; gradients are reduced in fp32."""
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) \
+        if compute_dtype is not None and compute_dtype != next(net.parameters()).dtype else MixedPrecisionPolicy()
     for layer in net.model.language_model.layers:
-        fully_shard(layer)
-    fully_shard(net)
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(net, mp_policy=policy)
     return net
+
+
+def load_sharded(load, rank, device, compute_dtype=None):
+    """An FSDP2-sharded model read from disk ONCE per node: rank 0 reads the weights (on CPU), every
+    rank builds the model on the meta device (no memory), shards it, and receives its shards from rank 0
+    (torch.distributed.checkpoint's broadcast_from_rank0). Host memory: one copy of the model, not
+    one per rank (a 27B teacher is 54 GB in bf16). `load(device=...)` -> (model, processor)."""
+    model, processor = load(device="meta")
+    state, buffers = {}, {}
+    if rank == 0:
+        source, _ = load(device="cpu")
+        state, buffers = source.state_dict(), dict(source.named_buffers())
+    shard_fsdp(model, compute_dtype)
+    model.to_empty(device=device)
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    # Buffers a state dict does not hold (rotary inverse frequencies) come from rank 0 too.
+    for name, buffer in model.named_buffers():
+        if rank == 0:
+            buffer.copy_(buffers[name])
+        dist.broadcast(buffer, src=0)
+    return model, processor
 
 
 def fsdp_units(model):
@@ -90,6 +119,40 @@ def sync_grads(model, enabled):
         model.require_backward_grad_sync = enabled
     for unit in fsdp_units(model):
         unit.set_requires_gradient_sync(enabled, recurse=False)
+
+
+class MasterWeights:
+    """The fp32 parameters the optimizer steps. Where the model computes in fp32 (CPU), or FSDP2
+    keeps fp32 shards and casts them for compute (shard_fsdp), they ARE the model's parameters. A
+    bf16 model that is not FSDP-sharded (one GPU, DDP) gets fp32 copies here: its bf16 gradients are
+    copied in before the step (`collect_grads`), the stepped weights copied back after (`publish`),
+    so small updates (lr 1e-6 on weights of ~1e-2) are not rounded away in bf16."""
+
+    def __init__(self, model):
+        self.model_params = [p for p in model.parameters() if p.requires_grad]
+        copies = any(p.dtype != torch.float32 for p in self.model_params)
+        self.params = [p.detach().float().clone().requires_grad_() for p in self.model_params] if copies \
+            else self.model_params
+
+    def collect_grads(self):
+        if self.params is not self.model_params:
+            for p, master in zip(self.model_params, self.params):
+                master.grad = None if p.grad is None else p.grad.float()
+                p.grad = None
+
+    @torch.no_grad()
+    def publish(self):
+        if self.params is not self.model_params:
+            for p, master in zip(self.model_params, self.params):
+                p.copy_(master)
+
+
+def fp32_allreduce(state, bucket):
+    """A DDP communication hook: average a bucket of bf16 gradients in fp32 (bf16 sums lose the
+    small gradients of a low learning rate), then hand them back in their own dtype."""
+    grads = bucket.buffer()
+    total = grads.float() / dist.get_world_size()
+    return dist.all_reduce(total, async_op=True).get_future().then(lambda fut: grads.copy_(fut.value()[0]))
 
 
 def all_sum(values, device, op=dist.ReduceOp.SUM):

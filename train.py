@@ -25,6 +25,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -35,7 +36,7 @@ import data
 import model as vlm
 from gate import auroc, evidence_gate
 from loss import opd_loss
-from parallel import all_sum, gathered, shard_fsdp, sync_grads
+from parallel import MasterWeights, all_sum, fp32_allreduce, gathered, load_sharded, sync_grads
 from prefix import GroupScorer, enable_gradient_checkpointing, packs
 from rollout import decode, sample, unwrap
 from teacher import Teacher
@@ -98,6 +99,12 @@ class Config:
     fsdp: bool = arg(False, "shard the student with FSDP2 (default: DDP replicas; no-op on one process)")
     shard_teacher: bool = arg(False, "shard the teacher with FSDP2 (a 27B teacher does not fit replicated; "
                               "no-op on one process)")
+    dtype: str = arg("auto", "compute dtype of both models: auto = bf16 on CUDA, fp32 on CPU. The student's "
+                     "master weights and optimizer state are fp32 either way", choices=("auto", "bf16", "fp32"))
+    min_pixels: int | None = arg(None, "images are resized to at least this many pixels (the release: 65536 = 256^2; "
+                          "default: the processor's own)", type=int)
+    max_pixels: int | None = arg(None, "... and at most this many (the release: 16777216 = 4096^2, ~16k visual tokens)",
+                          type=int)
     grad_checkpointing: bool = arg(False, "recompute activations in backward to save memory")
     attn_implementation: str = arg("sdpa", "attention kernel: sdpa, eager, flash_attention_2")
 
@@ -110,7 +117,7 @@ def parse_args(argv=None):
         if f.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = type(f.default)
+            kw["type"] = f.metadata.get("type", type(f.default))
             if "choices" in f.metadata:
                 kw["choices"] = f.metadata["choices"]
         parser.add_argument("--" + f.name.replace("_", "-"), **kw)
@@ -134,39 +141,44 @@ def check_config(cfg, world):
         raise ValueError("steps, save interval, token budgets and group size must be >= 1")
 
 
-def build(cfg, world, device, student_dir=None):
+def build(cfg, rank, world, device, student_dir=None):
+    """(student, processor, teacher, optimizer, master): the student wrapped for the update
+    (GroupScorer, DDP or FSDP2), the frozen teacher, AdamW over the fp32 master weights."""
     cuda = device.type == "cuda"
-    student, processor = vlm.load(student_dir or cfg.student, dtype=torch.float32, device=device,
-                                  attn_implementation=cfg.attn_implementation)
-    teacher_model, teacher_processor = vlm.load(cfg.teacher, dtype=torch.bfloat16 if cuda else torch.float32,
-                                                device=device, attn_implementation=cfg.attn_implementation)
-    if world > 1 and cfg.shard_teacher:          # one process has nothing to shard over
-        teacher_model = shard_fsdp(teacher_model)
+    compute = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(cfg.dtype, torch.bfloat16 if cuda else torch.float32)
+    fsdp, shard_teacher = world > 1 and cfg.fsdp, world > 1 and cfg.shard_teacher   # one process: nothing to shard
+    kw = dict(attn_implementation=cfg.attn_implementation, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    # FSDP2 keeps fp32 shards and computes in `compute` (its mixed precision); otherwise the
+    # student computes in `compute` and MasterWeights keeps fp32 copies for the optimizer.
+    load_student = partial(vlm.load, student_dir or cfg.student, dtype=torch.float32 if fsdp else compute, **kw)
+    load_teacher = partial(vlm.load, cfg.teacher, dtype=compute, **kw)
+    student, processor = load_sharded(load_student, rank, device, compute) if fsdp else load_student(device=device)
+    teacher_model, teacher_processor = load_sharded(load_teacher, rank, device) if shard_teacher \
+        else load_teacher(device=device)
     teacher = Teacher(teacher_model, teacher_processor, student_processor=processor, max_tokens=cfg.score_tokens)
     if cfg.grad_checkpointing:
         enable_gradient_checkpointing(student)
     student.train()
-    if world > 1 and cfg.fsdp:
-        shard_fsdp(student)
     # The update's forward = encode the prompts once + score their answers (prefix.GroupScorer): DDP
     # wants both calls inside one module's forward, so the scorer is what DDP wraps.
     student = GroupScorer(student)
-    if world > 1 and not cfg.fsdp:
+    if world > 1 and not fsdp:
         student = torch.nn.parallel.DistributedDataParallel(student, device_ids=[device] if cuda else None)
-    # FSDP2 trap (ENV_NOTES): create the optimizer right after sharding, before any forward, or
-    # updates of the root-level parameters are silently lost.
-    optimizer = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(0.9, 0.999))
-    if world > 1 and cfg.fsdp:
-        # FSDP2 trap: its lazy init must start at the root. generate() calls the vision tower on
-        # its own first, so run one tiny forward through the root before any sampling.
+        if compute != torch.float32:
+            student.register_comm_hook(None, fp32_allreduce)
+    # FSDP2 trap: create the optimizer right after sharding, before any forward, or updates of the
+    # root-level parameters are silently lost.
+    master = MasterWeights(unwrap(student))
+    optimizer = torch.optim.AdamW(master.params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    if fsdp:
+        # FSDP2 trap: its lazy init must start at the root; run one tiny forward through it.
         warm = vlm.student_prompts(processor, [Image.new("RGB", (64, 64))], ["warm-up"])
         with torch.no_grad():
-            student.model(**{k: v.to(device) for k, v in warm.items()})
+            unwrap(student)(**{k: v.to(device) for k, v in warm.items()})
         # The root keeps its parameters unsharded after a forward (backward usually follows);
         # reshard so named_parameters() are again the sharded tensors the optimizer holds.
-        student.model.reshard()
-    return student, processor, teacher, optimizer
+        unwrap(student).reshard()
+    return student, processor, teacher, optimizer, master
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,7 +196,7 @@ def prompts_for_step(examples, step, cfg, rank, world):
     return data.shard(batch, rank, world)
 
 
-def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, world, device):
+def train_step(cfg, step, batch, student, processor, teacher, optimizer, master, rank, world, device):
     positions, examples = [pos for pos, _ in batch], [ex for _, ex in batch]
     timer = {}
     t0 = time.perf_counter()
@@ -193,23 +205,21 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, w
     full, pos, neg = (list(v) for v in zip(*views))
     questions = [ex.question for ex in examples]
     G, B = cfg.group_size, len(examples)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     # 1. On-policy rollout from the full image only (Alg. 1 lines 5-7).
     # Seeds: per prompt from its global stream position (the same on any number of ranks), or
     # one per rank and step (one batched generate call). Either way a resumed run samples the same.
     base = cfg.seed * 1_000_003
     seed = [base + pos for pos in positions] if cfg.per_prompt_seeds else base + 7_919 * (step * world + rank)
-    with autocast:
-        ro = sample(student, processor, vlm.student_prompts(processor, full, questions), group_size=G,
-                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                    max_tokens=cfg.rollout_tokens)
-        timer["rollout"] = time.perf_counter() - t0
-        # 2. Teacher replay of the same tokens (Alg. 1 lines 8-10), no grad.
-        t0 = time.perf_counter()
-        views_needed = {"vzero": ("pos", "neg"), "opd": ("pos",), "opd-plain": ("plain",)}[cfg.method]
-        lp = teacher.replay(ro, full, questions, pos_crops=pos, neg_crops=neg, views=views_needed)
-        timer["teacher"] = time.perf_counter() - t0
+    ro = sample(student, processor, vlm.student_prompts(processor, full, questions), group_size=G,
+                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
+                max_tokens=cfg.rollout_tokens)
+    timer["rollout"] = time.perf_counter() - t0
+    # 2. Teacher replay of the same tokens (Alg. 1 lines 8-10), no grad.
+    t0 = time.perf_counter()
+    views_needed = {"vzero": ("pos", "neg"), "opd": ("pos",), "opd-plain": ("plain",)}[cfg.method]
+    lp = teacher.replay(ro, full, questions, pos_crops=pos, neg_crops=neg, views=views_needed)
+    timer["teacher"] = time.perf_counter() - t0
 
     # 3. Gate (Eqs. 17-20): one weight per response. Plain OPD: every weight is 1.
     mask = ro.response_mask
@@ -244,9 +254,8 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, w
                 answers = torch.tensor(answers)
                 # answer row r belongs to prompt r // G: its index among this micro-batch's prompts
                 local = torch.searchsorted(torch.tensor(prompt_ids), answers // G)
-                with autocast:
-                    logp = student(vlm.select_prompts(ro.prompt_inputs, prompt_ids).to(device), local.to(device),
-                                   ro.response_ids[answers], mask[answers])
+                logp = student(vlm.select_prompts(ro.prompt_inputs, prompt_ids).to(device), local.to(device),
+                               ro.response_ids[answers], mask[answers])
                 loss, st = opd_loss(logp, ro.old_logp[answers], target[answers], mask[answers], weights[answers],
                                     estimator=cfg.estimator, clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip,
                                     kl_clamp=cfg.kl_clamp, agg=cfg.agg, num_tokens=num_tokens, num_seqs=num_seqs)
@@ -255,12 +264,14 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, w
                 mini_loss += loss.item() * scale
                 sums["k1"] += st["kl/k1_mean"] * st["tokens"] * scale
                 sums["clip"] += st["ppo/clip_frac"] * st["tokens"] * scale
-        grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+        master.collect_grads()                   # bf16 gradients into the fp32 master copies, if any
+        grad_norm = torch.nn.utils.clip_grad_norm_(master.params, cfg.grad_clip)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         # Guard: a non-finite loss or gradient anywhere skips this update on every rank.
         mini_loss, = all_sum([mini_loss], device)
         if math.isfinite(mini_loss) and math.isfinite(grad_norm):
             optimizer.step()
+            master.publish()                     # the stepped fp32 weights back into the bf16 model
         else:
             sums["skipped"] += 1
         sums["loss"] += mini_loss / cfg.mini_batches
@@ -374,7 +385,7 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:
         raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
-    student, processor, teacher, optimizer = build(cfg, world, device, student_dir=ckpt)
+    student, processor, teacher, optimizer, master = build(cfg, rank, world, device, student_dir=ckpt)
     start = restore_training_state(ckpt, student, optimizer, rank, device) if ckpt else 0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if rank == 0:
@@ -387,7 +398,7 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=rank != 0, desc=cfg.method)
     for step in bar:
         batch = prompts_for_step(examples, step, cfg, rank, world)
-        m = train_step(cfg, step, batch, student, processor, teacher, optimizer, rank, world, device)
+        m = train_step(cfg, step, batch, student, processor, teacher, optimizer, master, rank, world, device)
         m = {"step": step + 1, **m, "peak_mem_mb": peak_memory_mb(device)}
         history.append(m)
         if rank == 0:

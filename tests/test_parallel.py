@@ -112,3 +112,71 @@ def test_fsdp2_rollout_gathers_once_and_sharded_teacher_keeps_lockstep():
         lp = Teacher(teacher_model, processor).replay(ro, fulls, questions, pos_crops=crops, neg_crops=negs)
         torch.testing.assert_close(lp["pos"], torch.tensor(r["pos"]), rtol=0, atol=1e-5)
         torch.testing.assert_close(lp["neg"], torch.tensor(r["neg"]), rtol=0, atol=1e-5)
+
+
+PRECISION_SCRIPT = textwrap.dedent("""
+    import json, sys, torch, torch.distributed as dist
+    from transformers.cache_utils import DynamicLayer
+    sys.path.insert(0, sys.argv[1])
+    import data, model as M, parallel, prefix, train
+    from rollout import unwrap
+    rank, world, device = M.setup_distributed()
+    # Every key/value the caches receive, in generate (transformers' layers) and in our prefixes.
+    seen = set()
+    for cls in (DynamicLayer, prefix._Attention):
+        def record(self, key_states, value_states, *args, _real=cls.update, **kwargs):
+            seen.add(str(key_states.dtype))
+            return _real(self, key_states, value_states, *args, **kwargs)
+        cls.update = record
+    out = {"rank": rank}
+    for mode in (["--fsdp", "--shard-teacher"], []):
+        cfg = train.parse_args(["--student", "tiny:qwen3_5", "--teacher", "tiny:qwen3_5@1", "--dtype", "bf16",
+                                "--group-size", "2", "--prompts-per-step", "2", "--mini-batches", "1",
+                                "--max-new-tokens", "4", "--out-dir", "/tmp/unused", *mode])
+        student, processor, teacher, optimizer, master = train.build(cfg, rank, world, device)
+        seen.clear()
+        batch = train.prompts_for_step(data.synthetic(8, 0), 0, cfg, rank, world)
+        metrics = train.train_step(cfg, 0, batch, student, processor, teacher, optimizer, master, rank, world, device)
+        out["fsdp" if mode else "ddp"] = {
+            "cache": sorted(seen), "optimizer": sorted({str(p.dtype) for g in optimizer.param_groups for p in g["params"]}),
+            "student": sorted({str(p.dtype) for p in unwrap(student).parameters()}),
+            "teacher": sorted({str(p.dtype) for p in teacher.model.parameters()}), "loss": metrics["loss"]}
+    print("RESULT", json.dumps(out))
+    dist.destroy_process_group()
+""")
+
+
+def test_bf16_compute_and_caches_over_fp32_master_weights_with_fsdp2_and_ddp():
+    # --dtype bf16 on 2 gloo ranks (bf16 works on CPU, slowly): FSDP2's mixed precision and the DDP
+    # path both fill every KV cache in bf16 and step fp32 master weights; Qwen3.5 (linear attention).
+    for r in run_two_ranks(PRECISION_SCRIPT):
+        for mode in ("fsdp", "ddp"):
+            got = r[mode]
+            assert got["cache"] == ["torch.bfloat16"], (mode, got)
+            assert got["optimizer"] == ["torch.float32"] and got["teacher"] == ["torch.bfloat16"], (mode, got)
+            # FSDP2 holds fp32 shards and casts to bf16 for compute; DDP holds bf16 weights + fp32 copies.
+            assert got["student"] == (["torch.float32"] if mode == "fsdp" else ["torch.bfloat16"]), (mode, got)
+            assert got["loss"] == got["loss"], (mode, got)                     # not NaN
+
+
+LOAD_SCRIPT = textwrap.dedent("""
+    import json, sys, torch, torch.distributed as dist
+    sys.path.insert(0, sys.argv[1])
+    import model as M, parallel
+    from functools import partial
+    rank, world, device = M.setup_distributed()
+    model, _ = parallel.load_sharded(partial(M.load, "tiny:qwen3_5@4"), rank, device)
+    full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
+    buffers = dict(model.named_buffers())
+    reference, _ = M.load("tiny:qwen3_5@4")
+    print("RESULT", json.dumps({"rank": rank, "sharded": sum(hasattr(p, "full_tensor") for p in model.parameters()),
+        "params_equal": all(torch.equal(full[k], v) for k, v in reference.state_dict().items()),
+        "buffers_equal": all(torch.equal(buffers[k], v) for k, v in reference.named_buffers())}))
+    dist.destroy_process_group()
+""")
+
+
+def test_sharded_loading_equals_the_plain_load():
+    # Rank 1 never reads a weight: it builds on the meta device and receives its shards from rank 0.
+    for r in run_two_ranks(LOAD_SCRIPT):
+        assert r["sharded"] > 0 and r["params_equal"] and r["buffers_equal"], r

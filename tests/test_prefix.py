@@ -168,7 +168,7 @@ def test_each_image_is_encoded_once_per_phase(tmp_path, monkeypatch):
     # once for both views, and each crop once.
     cfg = train.parse_args(["--student", "tiny:qwen2_5_vl", "--teacher", "tiny:qwen2_5_vl@1", "--group-size", "4",
                             "--prompts-per-step", "4", "--max-new-tokens", "5", "--out-dir", str(tmp_path)])
-    student, processor, teacher, optimizer = train.build(cfg, 1, torch.device("cpu"))
+    student, processor, teacher, optimizer, master = train.build(cfg, 0, 1, torch.device("cpu"))
     counts, phases = {}, []
     s_count, t_count = Counter(student.model), Counter(teacher.model)
     real_replay, real_sample = teacher.replay, train.sample
@@ -185,7 +185,7 @@ def test_each_image_is_encoded_once_per_phase(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "sample", spy_sample)
     monkeypatch.setattr(teacher, "replay", spy_replay)
     batch = train.prompts_for_step(data.synthetic(8, 0), 0, cfg, 0, 1)
-    train.train_step(cfg, 0, batch, student, processor, teacher, optimizer, 0, 1, torch.device("cpu"))
+    train.train_step(cfg, 0, batch, student, processor, teacher, optimizer, master, 0, 1, torch.device("cpu"))
     counts["update"] = s_count.take()
     examples = [ex for _, ex in batch]
     views = [data.evidence_views(ex, cfg.neg_view, seed=cfg.seed) for ex in examples]

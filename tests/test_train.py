@@ -201,3 +201,25 @@ def test_student_teacher_vocab_mismatch_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(vlm, "load", load)
     with pytest.raises(ValueError, match="tokenizers differ"):
         run(tmp_path, "--max-steps", "1")
+
+
+def test_bf16_student_is_stepped_through_fp32_master_weights(tmp_path):
+    # One process, --dtype bf16 (CPU runs bf16, slowly): the model computes in bf16, AdamW steps fp32
+    # copies, and the model then holds exactly the stepped weights rounded to bf16. A step of lr 1e-3
+    # moves many weights by less than a bf16 ulp: only the fp32 copies keep those updates.
+    cfg = train.parse_args(TINY + ["--dtype", "bf16", "--out-dir", str(tmp_path)])
+    student, processor, teacher, optimizer, master = train.build(cfg, 0, 1, torch.device("cpu"))
+    model = train.unwrap(student)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16} == {p.dtype for p in teacher.model.parameters()}
+    assert {p.dtype for g in optimizer.param_groups for p in g["params"]} == {torch.float32}
+    before = [p.clone() for p in master.params]
+    batch = train.prompts_for_step(data.load_examples("synthetic:32:0"), 0, cfg, 0, 1)
+    metrics = train.train_step(cfg, 0, batch, student, processor, teacher, optimizer, master, 0, 1, torch.device("cpu"))
+    assert metrics["skipped_updates"] == 0 and metrics["loss"] == metrics["loss"]
+    moved = [not torch.equal(a, b) for a, b in zip(before, master.params)]
+    assert sum(moved) > len(moved) // 2
+    for p, m in zip(model.parameters(), master.params):
+        assert torch.equal(p, m.to(torch.bfloat16))
+    # moved, but by less than half a bf16 ulp (8 mantissa bits): updates a bf16 optimizer would have lost
+    below_ulp = sum(int(((a != b) & ((a - b).abs() < b.abs() * 2 ** -9)).sum()) for a, b in zip(before, master.params))
+    assert below_ulp > 0
