@@ -475,7 +475,8 @@ def report(args, examples, preds, gate, peak):
              f"Rules: **{args.rules}** ({source}).",
              f"Setup: **{args.setup}**: " + ("greedy" if setup["temperature"] == 0 else
                                               f"temperature {setup['temperature']}, top-p {setup['top_p']}, seed {args.seed}")
-             + f", pixels [{args.min_pixels or 'checkpoint'}, {args.max_pixels or 'checkpoint'}], "
+             + (f", pixels [{args.min_pixels or 'own'}, {args.max_pixels or 'own'}], "
+                if args.min_pixels or args.max_pixels else ", the checkpoint's pixel bounds, ")
              + ("system prompt in the user turn" if setup["system_prompt"] else "no system prompt")
              + f", max {args.max_new_tokens} new tokens."]
     for key, title in (("correct", "rules only"), ("correct_judged", f"rules + judge {args.judge}")):

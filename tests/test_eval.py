@@ -536,8 +536,11 @@ def test_log_survives_a_line_cut_short(tmp_path):
     assert sorted(log.done()) == ["a", "b"]                          # c is asked again ...
     log.write([{"index": 2, "id": "c"}])                             # ... and its line replaces the cut one
     assert [json.loads(l)["id"] for l in log.path.read_text().splitlines()] == ["a", "b", "c"]
+    ev.Log(tmp_path, "predictions", rank=0).write([{"index": 3, "id": "d"}])  # an earlier run had 2 ranks
+    log = ev.Log(tmp_path, "predictions", rank=0)                    # ... this one has 1
+    assert sorted(log.done()) == ["a", "b", "c", "d"] and len(log.parts()) == 2
     log.finish(sorted(log.done().values(), key=lambda r: r["index"]))
-    assert not log.parts() and (tmp_path / "predictions.jsonl").read_text().count("\n") == 3
+    assert not log.parts() and (tmp_path / "predictions.jsonl").read_text().count("\n") == 4
 
 
 def test_killed_eval_keeps_every_finished_batch_and_resumes(tiny, tmp_path, monkeypatch):
