@@ -276,8 +276,9 @@ def judge_records(judge, examples, records, *, batch_size=8, max_new_tokens=JUDG
     ranks; each judged record gains "judge" (the raw output) and "judge_yes"; every record gains
     "correct_judged" (rule, then judge). Returns the judge's own records (for judge*.jsonl)."""
     rank, world_size = _world(distributed)
-    done = log.done() if log else {}
-    _gather([], world_size)
+    ids = {r["id"] for r in records}
+    done = {k: v for k, v in (log.done() if log else {}).items() if k in ids}
+    _gather([], world_size)  # every rank has read the log before any rank appends to it
     by_id = {ex.id: ex for ex in examples if isinstance(ex, data.Example)}
     todo = [r for r in records if r.get("verdict", False) is None and not r.get("error") and r["id"] not in done]
     share, _ = _share(len(todo), rank, world_size)  # the judge is never sharded: no lockstep needed

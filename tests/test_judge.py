@@ -106,3 +106,15 @@ def test_cli_judge_files_and_tables(tiny_lm, tmp_path, monkeypatch):
     table = (out / "results.md").read_text()
     assert "## Accuracy, rules only" in table and f"## Accuracy, rules + judge {tiny_lm}" in table
     assert f"The judge said yes to {len(unsettled)} of them (judge.jsonl)" in table
+
+
+def test_judge_pass_resumes_from_its_log(tmp_path):
+    examples = [data.Example(id=f"q{i}", question=f"question {i}", image_source=b"", answer="2") for i in range(2)]
+    records = [{"index": i, "id": f"q{i}", "answer": "2", "extracted": f"maybe {i}", "verdict": None, "correct": False}
+               for i in range(2)]
+    ev.Log(tmp_path, "judge").write([{"index": 0, "id": "q0", "output": "Yes", "yes": True}])  # a killed run's
+    judge = FakeJudge()
+    verdicts = ev.judge_records(judge, examples, records, log=ev.Log(tmp_path, "judge"))
+    assert judge.asked == [("question 1", "2", "maybe 1")] and [v["id"] for v in verdicts] == ["q0", "q1"]
+    assert [r["correct_judged"] for r in records] == [True, False]
+    assert len((tmp_path / "judge.rank0.jsonl").read_text().splitlines()) == 2
