@@ -21,6 +21,7 @@ Use:
 Tests: `python -m pytest -q tests/test_model.py`.
 """
 
+import json
 import os
 import re
 
@@ -207,7 +208,11 @@ def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, t
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         set_pixel_bounds(processor, min_pixels, max_pixels)
-        return model.to(device=device, dtype=dtype), processor
+        # Cast the weights only, as from_pretrained does: the rotary inverse frequencies (buffers)
+        # stay fp32, which positions in the thousands need (bf16 keeps 8 bits of them).
+        for p in model.parameters():
+            p.data = p.data.to(dtype)
+        return model.to(device), processor
     if ":" in name and not name.startswith(("/", ".")):
         raise ValueError(f"bad tiny model spec {name!r}: expected SIZE:FAMILY[@SEED] with SIZE in {sorted(SIZES)}"
                          f" and FAMILY in {sorted(FAMILIES)}, e.g. 'tiny:qwen2_5_vl@0'")
@@ -242,6 +247,39 @@ def set_pixel_bounds(processor, min_pixels=None, max_pixels=None):
         raise ValueError(f"need 0 < min_pixels <= max_pixels, got {lo} and {hi}")
     processor.image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
     return lo, hi
+
+
+# The standard processor of each family: what AutoProcessor, vLLM and evaluation toolkits load.
+STANDARD_PROCESSORS = {"qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLVideoProcessor"),
+                       "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"),
+                       "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+                       "qwen3_vl_moe": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+                       "qwen3_5": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
+                       "qwen3_5_moe": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor")}
+
+
+def save_model_dir(model, processor, path, state_dict=None):
+    """Write a model directory of the model's own family: weights (safetensors), config, generation
+    config, tokenizer, chat template, and the processor under its family's standard class, so
+    `AutoModelForImageTextToText` and `AutoProcessor` (with torchvision), vLLM and evaluation
+    toolkits load it like a hub checkpoint; `load` reads it everywhere. state_dict: the weights to
+    write (e.g. gathered from FSDP2 shards); default the model's own."""
+    model.save_pretrained(path, state_dict=state_dict)
+    processor.save_pretrained(path)
+    # Our image-only processor class is this project's (it exists because the stock ones need
+    # torchvision for video); the files name the family's class and describe its video processor
+    # (the family's defaults for everything but the patch geometry, which images and videos share).
+    config_path = os.path.join(path, "processor_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    processor_class, video_class = STANDARD_PROCESSORS[model.config.model_type]
+    image = config["image_processor"]
+    config["processor_class"] = processor_class
+    config["video_processor"] = {"video_processor_type": video_class, "processor_class": processor_class,
+                                 **{k: image[k] for k in ("patch_size", "temporal_patch_size", "merge_size",
+                                                          "image_mean", "image_std")}}
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
 
 
 def _finish(model, processor):

@@ -39,6 +39,7 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+import checkpoint
 import data
 import model as vlm
 import train            # train.py imports toy only inside main(), for the no-argument demo
@@ -130,8 +131,7 @@ def supervised(run: Supervised, out_dir: str):
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     tmp = out_dir + ".tmp"
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    vlm.save_model_dir(model, processor, tmp)
     with open(os.path.join(tmp, "toy_run.json"), "w") as f:
         json.dump(_settings(run), f, indent=1)
     os.replace(tmp, out_dir)                   # atomic: a killed build leaves no half model
@@ -166,7 +166,7 @@ def view_accuracy(model, processor, examples, view, batch_size=32):
 # 2 mini-batches per step). Changed for scale: the lr (1e-6 moves a 4B model; a 9M model trained
 # at 1e-3 needs ~5e-5), 6 new tokens for a one-word answer (not 2048), 8 prompts x G = 8 per step.
 DISTILL = dict(lr=5e-5, prompts_per_step=8, group_size=8,
-               max_new_tokens=MAX_NEW_TOKENS, max_steps=20, save_every=5, attn_implementation="eager")
+               max_new_tokens=MAX_NEW_TOKENS, max_steps=20, save_every=5, keep_last=0, attn_implementation="eager")
 N_TRAIN, N_HELDOUT = 2048, 256
 DISTILL_SEED = TRAIN_SEED + 1      # distillation prompts: unseen by the supervised runs
 
@@ -214,14 +214,14 @@ def demo():
     shutil.rmtree(cfg.out_dir, ignore_errors=True)     # a fresh run every time
     # The answers are stripped before training sees the prompts: V-Zero has nothing to read.
     train.train(cfg, examples=distill_prompts())
-    rows["V-Zero student (x)"] = heldout_accuracy(train.latest_checkpoint(cfg.out_dir), heldout)
+    rows["V-Zero student (x)"] = heldout_accuracy(checkpoint.latest(cfg.out_dir), heldout)
     print(f"\nzoom world, {len(heldout)} held-out questions (seed {HELDOUT_SEED}), greedy answers:")
     for name, acc in rows.items():
         print(f"  {name:<22} {100 * acc:5.1f}%")
     gain = 100 * (rows["V-Zero student (x)"] - rows["base student (x)"])
     print(f"V-Zero student - base student: {gain:+.1f} points after {cfg.max_steps} steps without a label "
           f"(one seed; all seeds and arms: python toy.py --results). Wall time {(time.time() - start) / 60:.1f} "
-          f"min. Trained student: {train.latest_checkpoint(cfg.out_dir)}")
+          f"min. Trained student: {checkpoint.latest(cfg.out_dir)}")
     return rows
 
 
@@ -237,7 +237,7 @@ ARMS = {"opd": dict(method="opd"), "vzero": dict(method="vzero"),
 def run_arm(arm, seed, heldout, out="out/toy", **overrides):
     """Train one arm with one seed (or reuse its finished run) -> {step: held-out acc}, mean AUROC."""
     cfg = distill_config(os.path.join(out, f"{arm}-s{seed}"), seed=seed, **ARMS[arm], **overrides)
-    done = train.latest_checkpoint(cfg.out_dir)
+    done = checkpoint.latest(cfg.out_dir)
     if done is not None:               # reuse only a run of these very settings and toy models
         saved = json.load(open(os.path.join(done, "train_config.json")))
         changed = [k for k, v in dataclasses.asdict(cfg).items() if k != "resume" and saved.get(k) != v]
@@ -247,8 +247,7 @@ def run_arm(arm, seed, heldout, out="out/toy", **overrides):
     if done is None or not done.endswith(f"{cfg.max_steps:06d}"):
         # A killed run continues where it stopped; answers kept for the diagnostics only.
         train.train(dataclasses.replace(cfg, resume=done is not None), examples=distill_prompts(keep_answers=True))
-    ckpts = sorted(d for d in os.listdir(cfg.out_dir) if d.startswith("ckpt-") and not d.endswith(".tmp"))
-    curve = {int(d[5:]): heldout_accuracy(os.path.join(cfg.out_dir, d), heldout) for d in ckpts}
+    curve = {int(path[-6:]): heldout_accuracy(path, heldout) for path in checkpoint.checkpoints(cfg.out_dir)}
     metrics = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
     aurocs = [m["diag/gate_auroc"] for m in metrics if m.get("diag/gate_auroc") is not None]
     return curve, (statistics.mean(aurocs) if aurocs else None)

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import torch.distributed as dist
 from PIL import Image
 from tqdm import tqdm
 
+import checkpoint
 import data
 import model as vlm
 from gate import auroc, evidence_gate
@@ -93,6 +93,7 @@ class Config:
                                  "number of ranks (slower: one generate call per prompt)")
     max_steps: int = arg(60, "steps (the paper reports step 60)")
     save_every: int = arg(10, "checkpoint every N steps (and at the end)")
+    keep_last: int = arg(3, "keep the N newest checkpoints, delete older ones (0: keep all)")
     resume: bool = arg(False, "continue from the latest checkpoint in out_dir")
     seed: int = arg(0, "base seed; rank r uses seed + r")
     # systems
@@ -141,11 +142,16 @@ def check_config(cfg, world):
         raise ValueError("steps, save interval, token budgets and group size must be >= 1")
 
 
+def compute_dtype(cfg, device):
+    return {"bf16": torch.bfloat16, "fp32": torch.float32}.get(cfg.dtype, torch.bfloat16 if device.type == "cuda"
+                                                                 else torch.float32)
+
+
 def build(cfg, rank, world, device, student_dir=None):
     """(student, processor, teacher, optimizer, master): the student wrapped for the update
     (GroupScorer, DDP or FSDP2), the frozen teacher, AdamW over the fp32 master weights."""
     cuda = device.type == "cuda"
-    compute = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(cfg.dtype, torch.bfloat16 if cuda else torch.float32)
+    compute = compute_dtype(cfg, device)
     fsdp, shard_teacher = world > 1 and cfg.fsdp, world > 1 and cfg.shard_teacher   # one process: nothing to shard
     kw = dict(attn_implementation=cfg.attn_implementation, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     # FSDP2 keeps fp32 shards and computes in `compute` (its mixed precision); otherwise the
@@ -329,52 +335,6 @@ def answer_diagnostics(examples, ro, weights, processor, cfg, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: out_dir/ckpt-000010/ = the student in transformers format (save_pretrained, loads
-# in transformers and vLLM) + processor + train_state.pt (optimizer, step, RNG of every rank) +
-# config.json. Written to a temp dir, then renamed: a killed run never leaves half a checkpoint.
-def save_checkpoint(cfg, step, student, processor, optimizer, rank):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-    model_sd, optim_sd = get_state_dict(unwrap(student), optimizer,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    rng = {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
-    rngs = [rng]
-    if dist.is_initialized():
-        rngs = [None] * dist.get_world_size()
-        dist.all_gather_object(rngs, rng)
-    if rank == 0:
-        final = os.path.join(cfg.out_dir, f"ckpt-{step:06d}")
-        tmp = final + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unwrap(student).save_pretrained(tmp, state_dict=model_sd)
-        processor.save_pretrained(tmp)
-        torch.save({"step": step, "optimizer": optim_sd, "rng": rngs}, os.path.join(tmp, "train_state.pt"))
-        with open(os.path.join(tmp, "train_config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=2)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def latest_checkpoint(out_dir):
-    done = sorted(d for d in os.listdir(out_dir) if d.startswith("ckpt-") and not d.endswith(".tmp")) \
-        if os.path.isdir(out_dir) else []
-    return os.path.join(out_dir, done[-1]) if done else None
-
-
-def restore_training_state(ckpt, student, optimizer, rank, device):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-    state = torch.load(os.path.join(ckpt, "train_state.pt"), map_location="cpu", weights_only=False)
-    set_optimizer_state_dict(unwrap(student), optimizer, state["optimizer"],
-                             options=StateDictOptions(full_state_dict=True))
-    rng = state["rng"][rank]
-    torch.set_rng_state(rng["cpu"])
-    if rng["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"])
-    return state["step"]
-
-
-# ---------------------------------------------------------------------------------------------
 def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     """Run cfg; returns the per-step metrics. `examples` replaces cfg.train_data with examples
     already in memory (toy.py passes prompts stripped of their answers)."""
@@ -382,14 +342,16 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     torch.manual_seed(cfg.seed + rank)                         # per-rank seeds
     os.makedirs(cfg.out_dir, exist_ok=True)
     examples = examples if examples is not None else data.load_examples(cfg.train_data)
-    ckpt = latest_checkpoint(cfg.out_dir) if cfg.resume else None
+    ckpt = checkpoint.latest(cfg.out_dir) if cfg.resume else None
     if cfg.resume and ckpt is None:
         raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
     student, processor, teacher, optimizer, master = build(cfg, rank, world, device, student_dir=ckpt)
-    start = restore_training_state(ckpt, student, optimizer, rank, device) if ckpt else 0
+    start = checkpoint.restore(ckpt, unwrap(student), master, optimizer, rank, device) if ckpt else 0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if rank == 0:
         print(json.dumps(dataclasses.asdict(cfg), indent=1))
+        if ckpt:
+            print(f"resumed from step {start} of {ckpt}")
         # Keep the metrics of the steps the checkpoint holds; drop any logged after it.
         kept = [l for l in open(metrics_path)] if ckpt and os.path.exists(metrics_path) else []
         with open(metrics_path, "w") as f:
@@ -406,7 +368,10 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
                 f.write(json.dumps(m) + "\n")
             bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl/k1_mean']:.3f}", len=f"{m['rollout/len_mean']:.0f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
-            save_checkpoint(cfg, step + 1, student, processor, optimizer, rank)
+            path = checkpoint.save(cfg.out_dir, step + 1, dataclasses.asdict(cfg), unwrap(student), processor, master,
+                                   optimizer, rank, compute_dtype(cfg, device), cfg.keep_last)
+            if rank == 0:
+                bar.write(f"saved {path}")
     return history
 
 

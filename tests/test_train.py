@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import torch.distributed.checkpoint as dcp
 
 import data
 import gate
@@ -53,9 +54,19 @@ def test_steps_update_weights_and_write_metrics_and_checkpoint(tmp_path):
                 "rollout/len_mean", "tokens_per_s", "peak_mem_mb", "diag/rollout_acc"):
         assert key in lines[0] and lines[0][key] is not None, key
     assert lines[0]["gate/weight_mean"] == pytest.approx(1.0, abs=1e-6)    # Eq. 19 centres the gate
-    state = torch.load(tmp_path / "run" / "ckpt-000002" / "train_state.pt", weights_only=False)
-    assert state["step"] == 2 and state["optimizer"]["state"]
-    assert json.load(open(tmp_path / "run" / "ckpt-000002" / "train_config.json"))["method"] == "vzero"
+    ckpt = tmp_path / "run" / "ckpt-000002"
+    assert torch.load(ckpt / "trainer.pt", weights_only=False)["step"] == 2
+    assert json.load(open(ckpt / "train_config.json"))["method"] == "vzero"
+    # The training state: AdamW's moments per parameter, written with torch.distributed.checkpoint; no
+    # master copy in an fp32 run (the model files hold those weights exactly).
+    saved = dcp.FileSystemReader(str(ckpt / "train_state")).read_metadata().state_dict_metadata
+    assert {k.split(".")[0] for k in saved} == {"exp_avg", "exp_avg_sq", "step"}
+    assert len([k for k in saved if k.startswith("exp_avg.")]) == len(before)
+    # A model directory of the family: its standard processor class, the chat template, the pixel bounds.
+    processor_config = json.load(open(ckpt / "processor_config.json"))
+    assert processor_config["processor_class"] == "Qwen2_5_VLProcessor"
+    assert processor_config["image_processor"]["size"] == {"shortest_edge": 112 * 112, "longest_edge": 224 * 224}
+    assert (ckpt / "chat_template.jinja").read_text() == vlm.CHAT_TEMPLATE
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "run").iterdir())
 
 
@@ -166,9 +177,11 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
                         weights_of(str(tmp_path / "killed" / "ckpt-000004")))
 
 
-def test_fsdp2_resume_equals_uninterrupted(tmp_path):
-    # FSDP2 restores the optimizer through DTensor parameters: a separate path from DDP's.
-    args = TINY + ["--fsdp", "--save-every", "2"]
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_fsdp2_resume_equals_uninterrupted(tmp_path, dtype):
+    # FSDP2 restores the optimizer (and in bf16 the fp32 master shards, which the bf16 model files
+    # only round) through DTensor parameters, each rank its own shards: a separate path from DDP's.
+    args = TINY + ["--fsdp", "--save-every", "2", "--dtype", dtype]
     finish(launch(args + ["--max-steps", "3", "--out-dir", str(tmp_path / "straight")], nproc=2))
     finish(launch(args + ["--max-steps", "2", "--out-dir", str(tmp_path / "resumed")], nproc=2))
     finish(launch(args + ["--max-steps", "3", "--resume", "--out-dir", str(tmp_path / "resumed")], nproc=2))
@@ -223,3 +236,41 @@ def test_bf16_student_is_stepped_through_fp32_master_weights(tmp_path):
     # moved, but by less than half a bf16 ulp (8 mantissa bits): updates a bf16 optimizer would have lost
     below_ulp = sum(int(((a != b) & ((a - b).abs() < b.abs() * 2 ** -9)).sum()) for a, b in zip(before, master.params))
     assert below_ulp > 0
+
+
+def test_bf16_resume_restores_the_fp32_master_weights(tmp_path):
+    # One process, bf16: the model files are rounded to bf16, train_state/ holds the fp32 master.
+    # Resuming from them continues exactly as if never stopped.
+    args = ["--dtype", "bf16", "--save-every", "1"]
+    run(tmp_path, *args, "--max-steps", "2", name="straight")
+    run(tmp_path, *args, "--max-steps", "1", name="resumed")
+    run(tmp_path, *args, "--max-steps", "2", "--resume", name="resumed")
+    saved = dcp.FileSystemReader(str(tmp_path / "resumed" / "ckpt-000001" / "train_state")).read_metadata()
+    assert any(k.startswith("master.") for k in saved.state_dict_metadata)
+    a = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
+    b = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert without_timing(a) == without_timing(b)
+    assert_same_weights(weights_of(str(tmp_path / "straight" / "ckpt-000002")),
+                        weights_of(str(tmp_path / "resumed" / "ckpt-000002")))
+
+
+def test_keep_last_deletes_only_older_complete_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    (out / "ckpt-000001.tmp").mkdir(parents=True)            # a write cut short: never ours to delete
+    (out / "ckpt-000002.bak").mkdir()                        # a user's copy: not a checkpoint
+    run(tmp_path, "--max-steps", "4", "--save-every", "1", "--keep-last", "2")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "ckpt-000001.tmp", "ckpt-000002.bak", "ckpt-000003", "ckpt-000004"]
+
+
+def test_checkpoint_loads_with_the_standard_classes_and_gives_the_same_tokens(tmp_path):
+    from transformers import AutoModelForImageTextToText
+    run(tmp_path, "--max-steps", "1")
+    ckpt = str(tmp_path / "run" / "ckpt-000001")
+    ours, processor = vlm.load(ckpt)
+    standard = AutoModelForImageTextToText.from_pretrained(ckpt)
+    assert type(standard) is type(ours) and standard.dtype == torch.float32
+    prompts = vlm.student_prompts(processor, [ex.image for ex in data.synthetic(2, 5)], ["Which symbol?"] * 2)
+    greedy = [train.sample(m, processor, prompts, group_size=1, max_new_tokens=6, greedy=True, score=False).response_ids
+              for m in (ours, standard.eval())]
+    assert torch.equal(*greedy)
