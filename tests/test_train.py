@@ -256,11 +256,11 @@ def test_bf16_resume_restores_the_fp32_master_weights(tmp_path):
 
 def test_keep_last_deletes_only_older_complete_checkpoints(tmp_path):
     out = tmp_path / "run"
-    (out / "ckpt-000001.tmp").mkdir(parents=True)            # a write cut short: never ours to delete
+    (out / "ckpt-000009.tmp").mkdir(parents=True)            # a write cut short: never ours to delete
     (out / "ckpt-000002.bak").mkdir()                        # a user's copy: not a checkpoint
     run(tmp_path, "--max-steps", "4", "--save-every", "1", "--keep-last", "2")
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
-        "ckpt-000001.tmp", "ckpt-000002.bak", "ckpt-000003", "ckpt-000004"]
+        "ckpt-000002.bak", "ckpt-000003", "ckpt-000004", "ckpt-000009.tmp"]
 
 
 def test_checkpoint_loads_with_the_standard_classes_and_gives_the_same_tokens(tmp_path):
