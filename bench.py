@@ -58,8 +58,8 @@ def _kib(field):
 
 def peak_extra_mib(fn, device):
     """(fn's result, the most memory it held above what was held before it, MiB). On CPU this reads
-    the resident set, so main() first makes malloc hand every block of 64 KiB or more back to the
-    system when freed (otherwise memory a previous phase freed is reused unseen)."""
+    the resident set (Linux), so malloc is first told to hand every block of 64 KiB or more back to
+    the system when freed: otherwise memory an earlier phase freed is reused unseen."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -67,6 +67,7 @@ def peak_extra_mib(fn, device):
         out = fn()
         torch.cuda.synchronize(device)
         return out, (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)      # glibc mallopt(M_MMAP_THRESHOLD, 64 KiB)
     with open("/proc/self/clear_refs", "w") as f:       # Linux: reset the resident high-water mark
         f.write("5")
     before = _kib("VmRSS")
@@ -108,8 +109,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cpu":    # glibc mallopt(M_MMAP_THRESHOLD = -3, 64 KiB): large blocks via mmap, returned on free
-        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)
     B, G, T = args.prompts, args.group_size, args.answer_tokens
     student, processor = vlm.load(f"tiny:{args.family}@0", device=device)
     teacher_model, teacher_processor = vlm.load(f"tiny:{args.family}@1", device=device)

@@ -81,11 +81,15 @@ class Config:
     group_size: int = arg(8, "G sibling responses per prompt")
     mini_batches: int = arg(2, "optimizer steps per rollout batch (the release: 2)")
     # Memory bounds, in token positions a forward holds (rows x (prompt + answer) columns, G x (P + T)
-    # for a group). Each prompt is encoded once per phase (prefix.py); see the README for the arithmetic.
-    rollout_tokens: int = arg(1 << 20, "sampling: prompts per generate call, G x (prompt + max new tokens) each")
-    score_tokens: int = arg(1 << 18, "no-grad scoring (old log-probs, teacher views): answers per forward")
-    update_tokens: int = arg(1 << 18, "student update: whole groups per forward/backward; a larger group is split "
-                             "by answers and its prompt encoded once per part")
+    # for a group). Each prompt is encoded once per phase (prefix.py). The defaults fit an 80 GB GPU at
+    # the paper's settings (4B student, 27B teacher, 8 GPUs, 16k-token prompts, T <= 2048, G = 8):
+    # README, "Memory plan".
+    rollout_tokens: int = arg(1 << 20, "sampling: prompts per generate call, G x (prompt + max new tokens) "
+                              "positions each; 4 paper prompts = 590k positions = 19 GB of Qwen3.5-4B bf16 KV cache")
+    score_tokens: int = arg(1 << 18, "no-grad scoring (old log-probs, teacher views): answers per forward; one "
+                            "paper group = 8 x 18.4k = 147k positions: 9.6 GB of 27B KV + 8 GB of bf16 logits")
+    update_tokens: int = arg(1 << 18, "student update: whole groups per forward/backward (one paper group: ~31 GB "
+                             "with --grad-checkpointing); a larger group is split by answers, its prompt encoded per part")
     max_new_tokens: int = arg(2048, "max response length")
     temperature: float = arg(1.0, "sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")
@@ -106,7 +110,8 @@ class Config:
                           "default: the processor's own)", type=int)
     max_pixels: int | None = arg(None, "... and at most this many (the release: 16777216 = 4096^2, ~16k visual tokens)",
                           type=int)
-    grad_checkpointing: bool = arg(False, "recompute activations in backward to save memory")
+    grad_checkpointing: bool = arg(False, "recompute each layer's activations in backward: needed at the paper's "
+                                   "scale (a 16k-token group holds ~120 GB of 4B activations without it)")
     attn_implementation: str = arg("sdpa", "attention kernel: sdpa, eager, flash_attention_2")
 
 
@@ -256,7 +261,7 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, master,
         mini_loss = 0.0
         with gathered(student):      # FSDP2: the student's parameters gathered once for the mini-batch
             for i, (prompt_ids, answers, scale) in enumerate(micro):
-                sync_grads(student, i == len(micro) - 1)   # gradients cross ranks once, on the last micro-batch
+                sync_grads(student, last=i == len(micro) - 1)
                 answers = torch.tensor(answers)
                 # answer row r belongs to prompt r // G: its index among this micro-batch's prompts
                 local = torch.searchsorted(torch.tensor(prompt_ids), answers // G)
