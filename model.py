@@ -312,43 +312,72 @@ def _render(processor, num_images, text):
                                          add_generation_prompt=True, **thinking_off)
 
 
-def encode_prompts(processor, images, texts):
+def encode_prompts(processor, images, texts, *, pixels=None):
     """The one prompt encoder: row i = one user turn with images[i] (then texts[i]), left padded.
 
     Returns a BatchFeature: input_ids, attention_mask, mm_token_type_ids [B, P] and pixel_values
     [sum of patches, D], image_grid_thw [num images, 3] (images in row order).
+    pixels: a dict kept across calls (train.py keeps one per step): an image object met again (the
+    full image in both teacher views; in the student's prompt too when both image processors agree)
+    is resized and cut into patches once. A 4096^2 image takes ~1.5 s of CPU.
     """
     if len(images) != len(texts) or not texts:
         raise ValueError(f"need one image list per text and at least one prompt; got {len(images)} image "
                          f"lists and {len(texts)} texts")
+    tokenizer = processor.tokenizer
+    special = [t for t in tokenizer.all_special_tokens + [str(t) for t in tokenizer.added_tokens_decoder.values()
+                                                          if t.special] if t]
     for row, (row_images, text) in enumerate(zip(images, texts)):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"prompt {row}: text must be a non-empty string, got {text!r}")
         if not isinstance(row_images, (list, tuple)) or not all(isinstance(im, Image.Image) for im in row_images):
             raise ValueError(f"prompt {row}: images must be a list of PIL images, got {row_images!r}")
-        if any(t in text for t in VISION_TOKENS):
-            raise ValueError(f"prompt {row}: text contains a vision special token; images go in `images`")
-    # Render each conversation to text with one <|image_pad|> per image; the processor then expands
-    # each placeholder to that image's number of merged tokens, taking the images in order, so a flat
-    # list is how mixed image counts per row (1 for the student, 2 for the teacher) are passed.
-    rendered = [_render(processor, len(row_images), text) for row_images, text in zip(images, texts)]
-    flat_images = [im.convert("RGB") for row_images in images for im in row_images] or None
+        # A special token in a question is tokenised as that token: <|im_end|> would close the user
+        # turn early, <|image_pad|> would ask for an image that is not there.
+        found = sorted({t for t in special if t in text})
+        if found:
+            raise ValueError(f"prompt {row}: text contains the special token(s) {found} of the chat template; "
+                             "images go in `images`, and a question must not hold these")
+    # Each distinct image through the image processor once: resize into the pixel bounds, cut into
+    # patches [t*h*w, D] with its grid (t, h, w).
+    image_processor = processor.image_processor
+    settings = json.dumps(image_processor.to_dict(), sort_keys=True, default=str)
+    pixels = {} if pixels is None else pixels
+    todo = list({id(im): im for row in images for im in row if (id(im), settings) not in pixels}.values())
+    if todo:
+        out = image_processor(images=[im.convert("RGB") for im in todo], return_tensors="pt")
+        blocks = out["pixel_values"].split(out["image_grid_thw"].prod(-1).tolist())
+        for im, block, grid in zip(todo, blocks, out["image_grid_thw"]):
+            pixels[(id(im), settings)] = (block, grid, im)    # the image kept alive: its id stays its own
+    encoded = [pixels[(id(im), settings)] for row in images for im in row]
+    # Render each conversation with one <|image_pad|> per image, then expand the k-th one to image
+    # k's number of merged tokens (patches / merge^2), as Qwen's processors do.
+    merge = image_processor.merge_size ** 2
+    image_pad = "<|image_pad|>"
+    counts = iter(int(grid.prod()) // merge for _, grid, _ in encoded)
+    rendered = ["".join(part if i == 0 else image_pad * next(counts) + part
+                        for i, part in enumerate(_render(processor, len(row_images), text).split(image_pad)))
+                for row_images, text in zip(images, texts)]
     # LEFT padding: every prompt ends at column P - 1, so response token k is at P + k in every row.
-    return processor(images=flat_images, text=rendered, padding=True, padding_side="left",
-                     return_token_type_ids=False, return_tensors="pt")
+    out = tokenizer(rendered, padding=True, padding_side="left", return_token_type_ids=False, return_tensors="pt")
+    out["mm_token_type_ids"] = (out["input_ids"] == tokenizer.convert_tokens_to_ids(image_pad)).long()  # image = 1
+    if encoded:
+        out["pixel_values"] = torch.cat([block for block, _, _ in encoded])
+        out["image_grid_thw"] = torch.stack([grid for _, grid, _ in encoded])
+    return BatchFeature(dict(out))
 
 
-def student_prompts(processor, full_images, questions):
+def student_prompts(processor, full_images, questions, *, pixels=None):
     """x: the full image and the question (the only view the student ever gets)."""
-    return encode_prompts(processor, [[im] for im in full_images], list(questions))
+    return encode_prompts(processor, [[im] for im in full_images], list(questions), pixels=pixels)
 
 
-def teacher_prompts(processor, full_images, crops, questions):
+def teacher_prompts(processor, full_images, crops, questions, *, pixels=None):
     """(x, z): the full image, then the crop, then the crop note and the question (Eq. 8)."""
     if not len(full_images) == len(crops) == len(questions):
         raise ValueError(f"got {len(full_images)} full images, {len(crops)} crops, {len(questions)} questions")
     return encode_prompts(processor, [[full, crop] for full, crop in zip(full_images, crops)],
-                          [f"{TEACHER_CROP_NOTE}\n{q}" for q in questions])
+                          [f"{TEACHER_CROP_NOTE}\n{q}" for q in questions], pixels=pixels)
 
 
 def select_prompts(inputs, rows, *, start=None, stop=None):

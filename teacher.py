@@ -59,12 +59,9 @@ class Teacher:
         self.processor = processor
         self.max_tokens = max_tokens   # token positions per forward; None: no bound
 
-    @torch.no_grad()
-    def replay(self, rollout, full_images, questions, *, pos_crops=None, neg_crops=None,
-               views=("pos", "neg")):
-        """{view: [B*G, T] fp32 teacher log-probs of rollout.response_ids}, 0 where masked.
-
-        full_images, questions, pos_crops, neg_crops: one per example (B), in rollout order."""
+    def prompts(self, full_images, questions, *, pos_crops=None, neg_crops=None, views=("pos", "neg"), pixels=None):
+        """The encoded prompts `replay` needs, one row per example and view (train.py encodes them
+        for the next step in a background thread). pixels: see model.encode_prompts."""
         views = tuple(views)
         if not views or any(v not in VIEWS for v in views) or len(set(views)) != len(views):
             raise ValueError(f"views must be distinct names from {VIEWS}, got {views}")
@@ -72,25 +69,39 @@ class Teacher:
         for view in views:
             if view != "plain" and (crops[view] is None or len(crops[view]) != len(full_images)):
                 raise ValueError(f"view {view!r} needs one crop per example ({len(full_images)})")
-        G, B = rollout.group_size, len(full_images)
+        if len(questions) != len(full_images):
+            raise ValueError(f"got {len(full_images)} images and {len(questions)} questions")
+        # Crop views in one encoder call: prompt row v*B + b = crop view v of example b; the full
+        # image, the same object in every view, is processed once.
+        crop_views = [v for v in views if v != "plain"]
+        return {"views": views, "examples": len(full_images),
+                "plain": student_prompts(self.processor, full_images, questions, pixels=pixels) if "plain" in views else None,
+                "crop": teacher_prompts(self.processor, list(full_images) * len(crop_views),
+                                        [c for v in crop_views for c in crops[v]], list(questions) * len(crop_views),
+                                        pixels=pixels) if crop_views else None}
+
+    @torch.no_grad()
+    def replay(self, rollout, full_images=None, questions=None, *, pos_crops=None, neg_crops=None,
+               views=("pos", "neg"), prompts=None):
+        """{view: [B*G, T] fp32 teacher log-probs of rollout.response_ids}, 0 where masked.
+
+        full_images, questions, pos_crops, neg_crops: one per example (B), in rollout order; or the
+        `prompts(...)` of them, encoded ahead."""
+        if prompts is None:
+            prompts = self.prompts(full_images, questions, pos_crops=pos_crops, neg_crops=neg_crops, views=views)
+        views, B, plain, crop_prompts = prompts["views"], prompts["examples"], prompts["plain"], prompts["crop"]
+        G = rollout.group_size
         N, T = rollout.response_ids.shape
-        if N != B * G or len(questions) != B:
-            raise ValueError(f"rollout has {N} rows = B*G with G={G}, but got {B} images and "
-                             f"{len(questions)} questions")
+        if N != B * G:
+            raise ValueError(f"rollout has {N} rows = B*G with G={G}, but got {B} examples")
         device = next(self.model.parameters()).device
         ids, mask = rollout.response_ids.to(device), rollout.response_mask.to(device)
         out = {v: torch.zeros(N, T, dtype=torch.float32, device=device) for v in views}
         crop_views = [v for v in views if v != "plain"]
-        # Encode each view's prompts once per EXAMPLE (B rows each); crop views in one call, so
-        # prompt row v*B + b = crop view v of example b.
-        plain = student_prompts(self.processor, full_images, questions) if "plain" in views else None
-        if crop_views:
-            crop_prompts = teacher_prompts(self.processor, list(full_images) * len(crop_views),
-                                           [c for v in crop_views for c in crops[v]], list(questions) * len(crop_views))
-            starts = crop_starts(crop_prompts)
+        starts = crop_starts(crop_prompts) if crop_views else None
         # Examples in packs whose answer forwards hold at most max_tokens positions in all. A sharded
         # teacher runs as many forwards on every rank (parallel.lockstep).
-        width = max(p["input_ids"].shape[1] for p in (plain, crop_prompts if crop_views else None) if p is not None)
+        width = max(p["input_ids"].shape[1] for p in (plain, crop_prompts) if p is not None)
         with lockstep(self.model):
             for pack in packs([len(views) * G * (width + T)] * B, self.max_tokens):
                 answers = torch.cat([torch.arange(b * G, (b + 1) * G) for b in pack])    # rollout rows [m*G]

@@ -16,6 +16,7 @@ diagnostics after the update. Defaults are the authors' released recipe (PAPER.m
 """
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -23,6 +24,7 @@ import os
 import resource
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -207,29 +209,56 @@ def prompts_for_step(examples, step, cfg, rank, world):
     return data.shard(batch, rank, world)
 
 
-def train_step(cfg, step, batch, student, processor, teacher, optimizer, master, rank, world, device):
-    positions, examples = [pos for pos, _ in batch], [ex for _, ex in batch]
-    timer = {}
-    t0 = time.perf_counter()
+@dataclass
+class StepInputs:
+    """What a step needs before any model runs: this rank's prompts, their views, and the encoded
+    prompts of the student and of the teacher's views. `prepare` makes them; train() has the next
+    step's prepared in a background thread while the current one runs (image decoding, crops and
+    resizing are CPU work: ~1.5 s per 4096^2 image here, paid once per image per step)."""
+    step: int
+    positions: list           # global stream positions of the examples (they seed per-prompt sampling)
+    examples: list
+    student_prompts: dict     # [B, P] (model.student_prompts)
+    teacher_prompts: dict     # Teacher.prompts of the views the method needs
+    seconds: float
+
+
+VIEWS_NEEDED = {"vzero": ("pos", "neg"), "opd": ("pos",), "opd-plain": ("plain",)}
+
+
+def prepare(cfg, examples, step, rank, world, processor, teacher):
+    start = time.perf_counter()
+    batch = prompts_for_step(examples, step, cfg, rank, world)
+    examples = [ex for _, ex in batch]
     views = [data.evidence_views(ex, cfg.neg_view, pos_mode=cfg.pos_view, seed=cfg.seed,
                                  margin=cfg.crop_margin, min_side=cfg.crop_min_side) for ex in examples]
     full, pos, neg = (list(v) for v in zip(*views))
     questions = [ex.question for ex in examples]
+    pixels = {}     # each full image resized and cut into patches once, for the student and the teacher
+    student_inputs = vlm.student_prompts(processor, full, questions, pixels=pixels)
+    teacher_inputs = teacher.prompts(full, questions, pos_crops=pos, neg_crops=neg, views=VIEWS_NEEDED[cfg.method],
+                                     pixels=pixels)
+    return StepInputs(step, [p for p, _ in batch], examples, student_inputs, teacher_inputs,
+                      time.perf_counter() - start)
+
+
+def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device):
+    step, examples = inputs.step, inputs.examples
     G, B = cfg.group_size, len(examples)
+    timer = {"prepare": inputs.seconds}
 
     # 1. On-policy rollout from the full image only (Alg. 1 lines 5-7).
     # Seeds: per prompt from its global stream position (the same on any number of ranks), or
     # one per rank and step (one batched generate call). Either way a resumed run samples the same.
+    t0 = time.perf_counter()
     base = cfg.seed * 1_000_003
-    seed = [base + pos for pos in positions] if cfg.per_prompt_seeds else base + 7_919 * (step * world + rank)
-    ro = sample(student, processor, vlm.student_prompts(processor, full, questions), group_size=G,
-                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                max_tokens=cfg.rollout_tokens)
+    seed = [base + pos for pos in inputs.positions] if cfg.per_prompt_seeds else base + 7_919 * (step * world + rank)
+    ro = sample(student, processor, inputs.student_prompts, group_size=G, max_new_tokens=cfg.max_new_tokens,
+                temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, max_tokens=cfg.rollout_tokens)
     timer["rollout"] = time.perf_counter() - t0
     # 2. Teacher replay of the same tokens (Alg. 1 lines 8-10), no grad.
     t0 = time.perf_counter()
-    views_needed = {"vzero": ("pos", "neg"), "opd": ("pos",), "opd-plain": ("plain",)}[cfg.method]
-    lp = teacher.replay(ro, full, questions, pos_crops=pos, neg_crops=neg, views=views_needed)
+    lp = teacher.replay(ro, prompts=inputs.teacher_prompts)
     timer["teacher"] = time.perf_counter() - t0
 
     # 3. Gate (Eqs. 17-20): one weight per response. Plain OPD: every weight is 1.
@@ -298,7 +327,8 @@ def train_step(cfg, step, batch, student, processor, teacher, optimizer, master,
                "grad_norm": sums["grad_norm"], "skipped_updates": int(sums["skipped"]), **gate_stats,
                "rollout/tokens": int(tokens), "rollout/len_mean": tokens / rows, "rollout/len_max": int(len_max),
                "rollout/truncated_frac": truncated / rows, **{f"time/{k}": v for k, v in timer.items()},
-               "rollout/tokens_per_s": tokens / timer["rollout"], "tokens_per_s": tokens / sum(timer.values())}
+               "rollout/tokens_per_s": tokens / timer["rollout"],
+               "tokens_per_s": tokens / (timer["rollout"] + timer["teacher"] + timer["update"])}
     # Diagnostics only, AFTER the update: answers never touch the step above.
     metrics.update(answer_diagnostics(examples, ro, weights, processor, cfg, device))
     return metrics
@@ -363,10 +393,20 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
             f.writelines(l for l in kept if json.loads(l)["step"] <= start)
     history = []
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=rank != 0, desc=cfg.method)
+    # The next step's inputs are prepared in a background thread while this step runs (PIL and the
+    # tokenizer release the GIL for their heavy work); at most one step ahead.
+    # The thread gets its own copy of the processor: a fast tokenizer must not be used by two
+    # threads at once (padding settings are state).
+    ahead, prep_processor = ThreadPoolExecutor(max_workers=1), copy.deepcopy(processor)
+    next_inputs = ahead.submit(prepare, cfg, examples, start, rank, world, prep_processor, teacher)
     for step in bar:
-        batch = prompts_for_step(examples, step, cfg, rank, world)
-        m = train_step(cfg, step, batch, student, processor, teacher, optimizer, master, rank, world, device)
-        m = {"step": step + 1, **m, "peak_mem_mb": peak_memory_mb(device)}
+        t0 = time.perf_counter()
+        inputs = next_inputs.result()
+        waited = time.perf_counter() - t0
+        if step + 1 < cfg.max_steps:
+            next_inputs = ahead.submit(prepare, cfg, examples, step + 1, rank, world, prep_processor, teacher)
+        m = train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device)
+        m = {"step": step + 1, **m, "time/data_wait": waited, "peak_mem_mb": peak_memory_mb(device)}
         history.append(m)
         if rank == 0:
             with open(metrics_path, "a") as f:
@@ -377,6 +417,7 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
                                    optimizer, rank, compute_dtype(cfg, device), cfg.keep_last)
             if rank == 0:
                 bar.write(f"saved {path}")
+    ahead.shutdown()
     return history
 
 

@@ -135,8 +135,8 @@ PRECISION_SCRIPT = textwrap.dedent("""
                                 "--max-new-tokens", "4", "--out-dir", "/tmp/unused", *mode])
         student, processor, teacher, optimizer, master = train.build(cfg, rank, world, device)
         seen.clear()
-        batch = train.prompts_for_step(data.synthetic(8, 0), 0, cfg, rank, world)
-        metrics = train.train_step(cfg, 0, batch, student, processor, teacher, optimizer, master, rank, world, device)
+        inputs = train.prepare(cfg, data.synthetic(8, 0), 0, rank, world, processor, teacher)
+        metrics = train.train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device)
         out["fsdp" if mode else "ddp"] = {
             "cache": sorted(seen), "optimizer": sorted({str(p.dtype) for g in optimizer.param_groups for p in g["params"]}),
             "student": sorted({str(p.dtype) for p in unwrap(student).parameters()}),

@@ -145,7 +145,7 @@ def test_views_that_differ_before_the_crop_are_refused(monkeypatch):
     model, processor = M.build_tiny("qwen2_5_vl")
     real = teacher_module.teacher_prompts
     monkeypatch.setattr(teacher_module, "teacher_prompts",
-                        lambda proc, fulls, crops, qs: real(proc, fulls[:1] + [noise(9, 112, 112)], crops, qs))
+                        lambda proc, fulls, crops, qs, **kw: real(proc, fulls[:1] + [noise(9, 112, 112)], crops, qs))
     ro = Rollout(None, torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool), None, None, 1)
     with pytest.raises(ValueError, match="differ before the crop"):
         Teacher(model, processor).replay(ro, [noise(0, 112, 112)], ["q?"], pos_crops=[noise(1, 56, 56)],
@@ -184,10 +184,10 @@ def test_each_image_is_encoded_once_per_phase(tmp_path, monkeypatch):
         return out
     monkeypatch.setattr(train, "sample", spy_sample)
     monkeypatch.setattr(teacher, "replay", spy_replay)
-    batch = train.prompts_for_step(data.synthetic(8, 0), 0, cfg, 0, 1)
-    train.train_step(cfg, 0, batch, student, processor, teacher, optimizer, master, 0, 1, torch.device("cpu"))
+    inputs = train.prepare(cfg, data.synthetic(8, 0), 0, 0, 1, processor, teacher)
+    train.train_step(cfg, inputs, student, processor, teacher, optimizer, master, 0, 1, torch.device("cpu"))
     counts["update"] = s_count.take()
-    examples = [ex for _, ex in batch]
+    examples = inputs.examples
     views = [data.evidence_views(ex, cfg.neg_view, seed=cfg.seed) for ex in examples]
     patches = lambda images: int(processor.image_processor(images=images, return_tensors="pt")["image_grid_thw"].prod(-1).sum())
     full, pos, neg = patches([v[0] for v in views]), patches([v[1] for v in views]), patches([v[2] for v in views])

@@ -226,8 +226,8 @@ def test_bf16_student_is_stepped_through_fp32_master_weights(tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16} == {p.dtype for p in teacher.model.parameters()}
     assert {p.dtype for g in optimizer.param_groups for p in g["params"]} == {torch.float32}
     before = [p.clone() for p in master.params]
-    batch = train.prompts_for_step(data.load_examples("synthetic:32:0"), 0, cfg, 0, 1)
-    metrics = train.train_step(cfg, 0, batch, student, processor, teacher, optimizer, master, 0, 1, torch.device("cpu"))
+    inputs = train.prepare(cfg, data.load_examples("synthetic:32:0"), 0, 0, 1, processor, teacher)
+    metrics = train.train_step(cfg, inputs, student, processor, teacher, optimizer, master, 0, 1, torch.device("cpu"))
     assert metrics["skipped_updates"] == 0 and metrics["loss"] == metrics["loss"]
     moved = [not torch.equal(a, b) for a, b in zip(before, master.params)]
     assert sum(moved) > len(moved) // 2
