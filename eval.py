@@ -652,55 +652,52 @@ def _peak_memory(device):
 def main(argv=None):
     args = parse_args(argv)
     rank, _, device = vlm.setup_distributed()
-    try:
-        examples = benchmarks.read(args.bench, args.data, args.image_root, args.limit)
-        prepare_out_dir(args, rank)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU bf16 is slow and lossy
-        model, processor = vlm.load(args.model, dtype=dtype, device=device, min_pixels=args.min_pixels,
-                                    max_pixels=args.max_pixels)
-        setup = SETUPS[args.setup]
-        kw = dict(rules=args.rules, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                  temperature=setup["temperature"], top_p=setup["top_p"], system_prompt=setup["system_prompt"],
-                  seed=args.seed, progress=True)
-        # The views: full; blind if asked; the ground-truth crop when the data has one (ZoomBench).
-        views = ["full"] + ["blind"] * args.blind + ["crop"] * any(getattr(ex, "pos_crop", None) is not None
-                                                                    for ex in examples)
-        preds = {v: evaluate(model, processor, examples, args.bench, view=v, log=Log(args.out_dir, VIEWS[v], rank),
-                             **kw)[1] for v in views}
-        gate = rollouts = None
-        if args.gate_teacher:
-            teacher = Teacher(*vlm.load(args.gate_teacher, dtype=dtype, device=device), student_processor=processor)
-            ok = {r["id"] for r in preds["full"] if not r.get("error")}  # items whose image decoded
-            # Half the examples per call: each brings G rollouts, replayed under two views.
-            gate, rollouts = gate_diagnostics(model, processor, teacher,
-                                              [ex for ex in examples if isinstance(ex, data.Example) and ex.id in ok],
-                                              args.bench,
-                                              rules=args.rules, group_size=args.group_size,
-                                              batch_size=max(1, args.batch_size // 2),
-                                              max_new_tokens=args.max_new_tokens, neg_mode=args.neg_mode,
-                                              seed=args.seed, explain=args.explain, progress=True)
-            del teacher
-        verdicts = {}
-        if args.judge:
-            del model  # the judge takes the memory the evaluated model held
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            judge = Judge.load(args.judge, dtype=dtype, device=device)
-            verdicts = {v: judge_records(judge, examples, preds[v], batch_size=args.batch_size,
-                                         max_new_tokens=args.judge_max_new_tokens, progress=True,
-                                         log=Log(args.out_dir, "judge" if v == "full" else f"judge_{v}", rank))
-                        for v in views}
-        if rank == 0:  # every rank holds all results (gathered); one writes them
-            print(write_outputs(args, examples, preds, verdicts, gate, rollouts, _peak_memory(device)))
-            acc = benchmarks.aggregate(args.bench, preds["full"])["overall"][0]
-            blind = benchmarks.aggregate(args.bench, preds["blind"])["overall"][0] if args.blind else None
-            if blind is not None and blind >= acc:
-                print("\n" + "!" * 100 + f"\n!!! WARNING: BLIND accuracy {blind:.3f} is NOT lower than real accuracy "
-                      f"{acc:.3f}: the model is not using the image, or the evaluation is broken.\n"
-                      + "!" * 100, file=sys.stderr)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    examples = benchmarks.read(args.bench, args.data, args.image_root, args.limit)
+    prepare_out_dir(args, rank)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU bf16 is slow and lossy
+    model, processor = vlm.load(args.model, dtype=dtype, device=device, min_pixels=args.min_pixels,
+                                max_pixels=args.max_pixels)
+    setup = SETUPS[args.setup]
+    kw = dict(rules=args.rules, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+              temperature=setup["temperature"], top_p=setup["top_p"], system_prompt=setup["system_prompt"],
+              seed=args.seed, progress=True)
+    # The views: full; blind if asked; the ground-truth crop when the data has one (ZoomBench).
+    views = ["full"] + ["blind"] * args.blind + ["crop"] * any(getattr(ex, "pos_crop", None) is not None
+                                                                for ex in examples)
+    preds = {v: evaluate(model, processor, examples, args.bench, view=v, log=Log(args.out_dir, VIEWS[v], rank),
+                         **kw)[1] for v in views}
+    gate = rollouts = None
+    if args.gate_teacher:
+        teacher = Teacher(*vlm.load(args.gate_teacher, dtype=dtype, device=device), student_processor=processor)
+        ok = {r["id"] for r in preds["full"] if not r.get("error")}  # items whose image decoded
+        # Half the examples per call: each brings G rollouts, replayed under two views.
+        gate, rollouts = gate_diagnostics(model, processor, teacher,
+                                          [ex for ex in examples if isinstance(ex, data.Example) and ex.id in ok],
+                                          args.bench,
+                                          rules=args.rules, group_size=args.group_size,
+                                          batch_size=max(1, args.batch_size // 2),
+                                          max_new_tokens=args.max_new_tokens, neg_mode=args.neg_mode,
+                                          seed=args.seed, explain=args.explain, progress=True)
+        del teacher
+    verdicts = {}
+    if args.judge:
+        del model  # the judge takes the memory the evaluated model held
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        judge = Judge.load(args.judge, dtype=dtype, device=device)
+        verdicts = {v: judge_records(judge, examples, preds[v], batch_size=args.batch_size,
+                                     max_new_tokens=args.judge_max_new_tokens, progress=True,
+                                     log=Log(args.out_dir, "judge" if v == "full" else f"judge_{v}", rank))
+                    for v in views}
+    if rank == 0:  # every rank holds all results (gathered); one writes them
+        print(write_outputs(args, examples, preds, verdicts, gate, rollouts, _peak_memory(device)))
+        acc = benchmarks.aggregate(args.bench, preds["full"])["overall"][0]
+        blind = benchmarks.aggregate(args.bench, preds["blind"])["overall"][0] if args.blind else None
+        if blind is not None and blind >= acc:
+            print("\n" + "!" * 100 + f"\n!!! WARNING: BLIND accuracy {blind:.3f} is NOT lower than real accuracy "
+                  f"{acc:.3f}: the model is not using the image, or the evaluation is broken.\n"
+                  + "!" * 100, file=sys.stderr)
+    vlm.end_distributed()     # after an error the process just exits: torchrun stops the others
 
 
 if __name__ == "__main__":

@@ -542,3 +542,12 @@ def setup_distributed():
         torch.cuda.set_device(device)  # before init: nccl's object collectives use the current device
     torch.distributed.init_process_group("nccl" if cuda else "gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+def end_distributed():
+    """Leave the process group once every rank is done with it: a rank that tears it down while
+    another still talks to it makes that one abort (seen with gloo). After an error, don't call
+    this: the others may never arrive; torchrun stops them."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

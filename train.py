@@ -433,11 +433,8 @@ def main(argv=None):
         return toy.demo()
     cfg = parse_args(argv)
     rank, world, device = vlm.setup_distributed()
-    try:
-        train(cfg, rank, world, device)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    train(cfg, rank, world, device)
+    vlm.end_distributed()
 
 
 if __name__ == "__main__":

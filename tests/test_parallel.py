@@ -91,7 +91,7 @@ SCRIPT = textwrap.dedent("""
     print("RESULT", json.dumps({"rank": rank, "units": units, "sampling_gathers": sampling_gathers,
                                 "generate_gathers": in_generate[0], "ids": ro.response_ids.tolist(),
                                 "old_logp": ro.old_logp.tolist(), "pos": lp["pos"].tolist(), "neg": lp["neg"].tolist()}))
-    dist.destroy_process_group()
+    M.end_distributed()
 """)
 
 
@@ -142,7 +142,7 @@ PRECISION_SCRIPT = textwrap.dedent("""
             "student": sorted({str(p.dtype) for p in unwrap(student).parameters()}),
             "teacher": sorted({str(p.dtype) for p in teacher.model.parameters()}), "loss": metrics["loss"]}
     print("RESULT", json.dumps(out))
-    dist.destroy_process_group()
+    M.end_distributed()
 """)
 
 
@@ -172,7 +172,7 @@ LOAD_SCRIPT = textwrap.dedent("""
     print("RESULT", json.dumps({"rank": rank, "sharded": sum(hasattr(p, "full_tensor") for p in model.parameters()),
         "params_equal": all(torch.equal(full[k], v) for k, v in reference.state_dict().items()),
         "buffers_equal": all(torch.equal(buffers[k], v) for k, v in reference.named_buffers())}))
-    dist.destroy_process_group()
+    M.end_distributed()
 """)
 
 
