@@ -76,7 +76,12 @@ def gathered(model):
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.set_reshard_after_backward(False, recurse=False)
-        unit.unshard()
+        try:
+            unit.unshard()
+        except torch.OutOfMemoryError as error:
+            raise RuntimeError("the FSDP-sharded student is gathered whole on every GPU for sampling and for the "
+                               "update (2 bytes per parameter in bf16), and it does not fit beside the rest: use a "
+                               "smaller student, lower --rollout-tokens / --update-tokens, or more memory") from error
     try:
         yield model
     finally:
