@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -86,8 +87,10 @@ def save(out_dir, step, cfg_dict, model, processor, master, optimizer, rank, com
     _barrier()
     # The fp32 master weights are needed where the saved ones were rounded (a bf16 run).
     with_master = compute_dtype != torch.float32
-    dcp.save(_optimizer_state(model, master, optimizer, with_master), checkpoint_id=os.path.join(tmp, "train_state"),
-             no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():      # one process: DCP says it assumes so
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save(_optimizer_state(model, master, optimizer, with_master),
+                 checkpoint_id=os.path.join(tmp, "train_state"), no_dist=not dist.is_initialized())
     _barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
@@ -105,7 +108,9 @@ def restore(ckpt, model, master, optimizer, rank, device):
     has_master = any(k.startswith("master.") for k in dcp.FileSystemReader(os.path.join(ckpt, "train_state"))
                      .read_metadata().state_dict_metadata)
     state = _optimizer_state(model, master, optimizer, has_master)
-    dcp.load(state, checkpoint_id=os.path.join(ckpt, "train_state"), no_dist=not dist.is_initialized())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=os.path.join(ckpt, "train_state"), no_dist=not dist.is_initialized())
     master.publish()                      # bf16 model weights = the restored fp32 master, rounded
     trainer = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=False)
     rng = trainer["rng"][rank]
@@ -113,3 +118,86 @@ def restore(ckpt, model, master, optimizer, rank, device):
     if rng["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"])
     return trainer["step"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The run directory: one run per out_dir, resumed only under the settings that define it.
+def open_run(out_dir, cfg, free, resume, overwrite, rank):
+    """Decide what this start is, before any model loads; every rank calls it (rank 0 writes).
+    Returns the checkpoint to resume from, or None. cfg: the run's settings (a dict); free: the
+    names of those that may change on resume (limits, intervals, memory budgets); the others define
+    the run and must match the saved ones. resume: "no", "yes" (a checkpoint must exist) or
+    "auto" (resume if one exists: the restart loop of preemptible nodes)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out-dir {out_dir} is a file, not a directory")
+    found = latest(out_dir)
+    holds_run = found is not None or any(os.path.exists(os.path.join(out_dir, f))
+                                         for f in ("metrics.jsonl", "train_config.json"))
+    if resume == "yes" and found is None:
+        raise ValueError(f"--resume: no checkpoint (ckpt-NNNNNN) in {out_dir}; --resume auto starts fresh then")
+    ckpt = found if resume in ("yes", "auto") else None
+    if ckpt is None and holds_run and not overwrite:
+        raise ValueError(f"{out_dir} already holds a run: continue it with --resume, start over in it with "
+                         "--overwrite (deletes its checkpoints and metrics), or choose another --out-dir")
+    if ckpt is not None:
+        with open(os.path.join(ckpt, "train_config.json")) as f:
+            saved = json.load(f)
+        differ = [(k, saved.get(k, "<absent>"), v) for k, v in cfg.items() if k not in free and saved.get(k, "<absent>") != v]
+        if differ:
+            raise ValueError(f"--resume from {ckpt}: these settings define the run and differ from the saved ones "
+                             "(saved -> now): " + "; ".join(f"{k} {a!r} -> {b!r}" for k, a, b in differ)
+                             + ". Resume with the saved values, or start a new run in another --out-dir")
+        changed = [(k, saved[k], v) for k, v in cfg.items() if k in free and k in saved and saved[k] != v]
+        if changed and rank == 0:
+            print("resuming with changed settings (saved -> now): " + "; ".join(f"{k} {a} -> {b}" for k, a, b in changed))
+    _barrier()                           # every rank has looked before rank 0 writes
+    if rank == 0:
+        if ckpt is None and holds_run:   # --overwrite
+            for path in checkpoints(out_dir):
+                shutil.rmtree(path)
+            for name in ("metrics.jsonl", "train_config.json"):
+                if os.path.exists(os.path.join(out_dir, name)):
+                    os.remove(os.path.join(out_dir, name))
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "train_config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+    _barrier()
+    return ckpt
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON line per step, appended and flushed as each step ends. Opened after
+    a resume has restored its checkpoint: it keeps the lines of the steps that checkpoint holds
+    and drops later ones (a killed run logged steps it never saved), and drops a last line cut short
+    by a crash, with a warning. Any other unreadable line is an error naming it. Rank 0 writes."""
+
+    def __init__(self, out_dir, resumed_step, rank):
+        self.path, self.rank = os.path.join(out_dir, "metrics.jsonl"), rank
+        if rank != 0:
+            return
+        kept = []
+        if resumed_step and os.path.exists(self.path):
+            with open(self.path) as f:
+                lines = f.read().split("\n")
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    if n != len(lines):      # only the very last line, with no newline after it
+                        raise ValueError(f"{self.path} line {n} is not JSON: {line[:80]!r}") from None
+                    print(f"warning: {self.path} line {n} was cut short by a crash; dropped: {line[:80]!r}")
+                    continue
+                if record["step"] <= resumed_step:
+                    kept.append(json.dumps(record) + "\n")
+        # Rewritten whole, atomically: a crash now leaves the old file or the new one.
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
+
+    def append(self, record):
+        if self.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()

@@ -45,6 +45,8 @@ Box = tuple[float, float, float, float]  # [x0, y0, x1, y1] in full-image pixels
 NEG_MODES = ("paper", "downsample", "random", "blank")  # negative view z-, see negative_view
 POS_MODES = ("box", "random")  # positive view z+: "random" is the paper's harmful ablation
 NEG_TRIES = 64  # seeded random positions tried for the "paper" negative before falling back
+# Qwen's chat-template tokens (<|im_end|>, <|image_pad|>, ...): never inside a question.
+SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]+\|>")
 
 
 # -----------------------------------------------------------------------------
@@ -62,10 +64,13 @@ class Example:
     pos_crop: ImageSource | None = None  # precomputed z+ (the release ships crops, not boxes)
     neg_crop: ImageSource | None = None  # precomputed z- (used by the "paper" mode)
     meta: dict = field(default_factory=dict)  # anything else a loader found (category, ...)
+    source: str = ""  # where it was read: "train.jsonl line 12" (set by the loaders)
 
     def _error(self, name, problem):
-        # Every data error names the example and the field, so one bad row in 23K is findable.
-        return ValueError(f"example {self.id}: field {name}: {problem}")
+        # Every data error names the file and line, the example and the field, so one bad row in
+        # 23K is findable, also when it surfaces mid-run.
+        where = f"{self.source}: " if self.source else ""
+        return ValueError(f"{where}example {self.id}: field {name}: {problem}")
 
     def _open(self, name):
         # Open the source in field `name`; for files and bytes PIL reads only the header here.
@@ -112,24 +117,56 @@ class Example:
         return dataclasses.replace(self, answer=None, choices=None)
 
     def validate(self) -> "Example":
-        """Check the record (images read up to their header); boxes become tuples of floats."""
+        """Check the record: fields, boxes (they become tuples of floats), and images: header,
+        and a file cut short (see `_check_complete`); boxes become tuples of floats."""
         if not isinstance(self.id, str) or not self.id.strip():
             raise self._error("id", "must be a non-empty string")
         if not isinstance(self.question, str) or not self.question.strip():
             raise self._error("question", "empty")
+        special = SPECIAL_TOKEN.search(self.question)
+        if special:   # tokenised as that token: <|im_end|> would close the user turn in the middle
+            raise self._error("question", f"holds {special.group()!r}, a special token of the chat template")
         W, H = self.size
         for name in ("bbox", "neg_bbox"):
             if getattr(self, name) is not None:
                 setattr(self, name, self._check_box(name, getattr(self, name), W, H))
-        for name in ("pos_crop", "neg_crop"):
+        for name in ("image_source", "pos_crop", "neg_crop"):
             if getattr(self, name) is not None:
-                self._size(name)
+                self._check_complete(name)
         if self.answer is not None and not isinstance(self.answer, str):
             raise self._error("answer", f"must be a string, got {type(self.answer).__name__}")
         if self.choices is not None and not (isinstance(self.choices, list) and self.choices
                                              and all(isinstance(c, str) and c for c in self.choices)):
             raise self._error("choices", "must be a non-empty list of non-empty strings")
         return self
+
+    def _check_complete(self, name):
+        # A file cut short (a failed copy) must fail here, not hours into a run. PNG: PIL checks
+        # every chunk's CRC up to IEND without decoding. JPEG: the end-of-image marker must be
+        # there (a truncated JPEG lacks it). Other formats: decoded once. Pixel errors inside a
+        # complete file surface when the image is used, still naming file, line, id and field.
+        src = getattr(self, name)
+        if not isinstance(src, (bytes, str, os.PathLike)):
+            return      # a PIL image or a renderer (the zoom world): nothing to read
+        im = self._open(name)
+        try:
+            if im.format == "PNG":
+                im.verify()
+            elif im.format == "JPEG":
+                if isinstance(src, bytes):
+                    tail = src[-64:]
+                else:
+                    with open(src, "rb") as f:
+                        f.seek(max(0, os.path.getsize(src) - 64))
+                        tail = f.read()
+                if b"\xff\xd9" not in tail:
+                    raise OSError("the JPEG data ends before its end-of-image marker (a truncated file)")
+            else:
+                im.load()
+        except (OSError, ValueError, SyntaxError) as e:
+            raise self._error(name, f"cannot decode image: {e}") from None
+        finally:
+            im.close()
 
     def _check_box(self, name, box, W, H) -> Box:
         try:
@@ -282,6 +319,16 @@ def evidence_views(ex: Example, neg_mode: str = "paper", *, pos_mode: str = "box
     return full, pos, _negative(ex, full, pos, neg_mode, seed)
 
 
+def check_views(examples: list[Example], neg_mode: str = "paper") -> None:
+    """Training needs z+ and z- for every example: refuse, at load time, one that cannot have them
+    (a row without bbox fails here, not when a step first samples it)."""
+    for ex in examples:
+        if ex.bbox is None and ex.pos_crop is None:
+            raise ex._error("bbox", "needed to build the positive view z+ (or give pos_crop)")
+        if neg_mode == "paper" and ex.bbox is None and ex.neg_crop is None and ex.neg_bbox is None:
+            raise ex._error("bbox", "needed to build the paper's negative view z- (or give neg_crop / neg_bbox)")
+
+
 # -----------------------------------------------------------------------------
 # Loaders. Both read every row, validate it, and report the file and line / row on error.
 
@@ -290,11 +337,14 @@ def _collect(path: Path, rows) -> list[Example]:
     examples, seen = [], set()
     for where, build in rows:
         try:
-            ex = build().validate()
+            ex = build()
+            ex.source = f"{path} {where}"
+            ex.validate()
             if ex.id in seen:
                 raise ex._error("id", "duplicate id (ids seed the negative views)")
         except ValueError as e:
-            raise ValueError(f"{path} {where}: {e}") from None
+            message = str(e)
+            raise ValueError(message if message.startswith(f"{path} {where}") else f"{path} {where}: {message}") from None
         seen.add(ex.id)
         examples.append(ex)
     if not examples:

@@ -185,8 +185,10 @@ def encode(model, chunk, *, past=None, rows=None, hold_last=False):
     images = {k: chunk[k] for k in ("pixel_values", "image_grid_thw") if k in chunk}
     # ONE call through `model` itself (it may be FSDP-sharded: its hooks gather the parameters).
     # logits_to_keep=1: a prefix needs no logits; one position is the least the model computes.
-    model(input_ids=chunk["input_ids"], attention_mask=mask, position_ids=positions, past_key_values=past,
-          use_cache=True, logits_to_keep=1, **images)
+    logits = model(input_ids=chunk["input_ids"], attention_mask=mask, position_ids=positions, past_key_values=past,
+                   use_cache=True, logits_to_keep=1, **images).logits
+    if not bool(torch.isfinite(logits).all()):     # a cheap check of the whole forward: [n, 1, V]
+        raise FloatingPointError("the model's outputs are not finite")
     next_pos = positions.amax(dim=(0, 2)) + 1                                       # [n]
     every = torch.arange(n, device=device)
     return Prefix([layer.advanced(every) for layer in past.layers], mask, next_pos, tail)

@@ -42,7 +42,7 @@ from tqdm import tqdm
 import checkpoint
 import data
 import model as vlm
-import train            # train.py imports toy only inside main(), for the no-argument demo
+import train            # one way: train.py runs this file as a script for its no-argument demo
 from eval import evaluate
 from prefix import encode, score
 from rollout import decode, sample
@@ -246,7 +246,7 @@ def run_arm(arm, seed, heldout, out="out/toy", **overrides):
                              f"move it away or pass another out")
     if done is None or not done.endswith(f"{cfg.max_steps:06d}"):
         # A killed run continues where it stopped; answers kept for the diagnostics only.
-        train.train(dataclasses.replace(cfg, resume=done is not None), examples=distill_prompts(keep_answers=True))
+        train.train(dataclasses.replace(cfg, resume="auto"), examples=distill_prompts(keep_answers=True))
     curve = {int(path[-6:]): heldout_accuracy(path, heldout) for path in checkpoint.checkpoints(cfg.out_dir)}
     metrics = [json.loads(line) for line in open(os.path.join(cfg.out_dir, "metrics.jsonl"))]
     aurocs = [m["diag/gate_auroc"] for m in metrics if m.get("diag/gate_auroc") is not None]

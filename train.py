@@ -4,15 +4,16 @@ Train a VLM student with V-Zero: the plain loop of Algorithm 1, on one process o
     torchrun --nproc_per_node=8 train.py --student Qwen/Qwen3-VL-2B-Instruct \\
         --teacher Qwen/Qwen3-VL-8B-Instruct --train-data data/train.jsonl --out-dir out/vzero
     python train.py                 # no arguments: the CPU demo on the zoom world (toy.py), minutes
-    python train.py --student tiny:qwen2_5_vl --teacher tiny:qwen2_5_vl --max-steps 2   # CPU smoke
+    python train.py --student tiny:qwen2_5_vl --teacher tiny:qwen2_5_vl@1 --max-steps 2 --prompts-per-step 4 \\
+        --group-size 4 --max-new-tokens 16 --out-dir out/smoke --overwrite        # CPU smoke run, ~5 s
     python bench.py                 # what each phase costs: each prompt encoded once vs once per answer
 
-One step (DESIGN.md): this rank's prompts -> the student samples G responses from the full image
-(rollout.py) -> the frozen teacher replays them under (x, z+) and (x, z-) (teacher.py) -> gate
-weights (gate.py, Eqs. 17-20) -> for each mini-batch: student log-probs with grad (model.py),
-the gated loss with the GLOBAL token count (loss.py, Eqs. 23-24), backward, clip, AdamW step.
+One step (README, "One training step"): this rank's prompts -> the student samples G responses
+from the full image (rollout.py) -> the frozen teacher replays them under (x, z+) and (x, z-)
+(teacher.py) -> gate weights (gate.py, Eqs. 17-20) -> for each mini-batch: student log-probs with
+grad (prefix.py), the gated loss with the GLOBAL token count (loss.py, Eqs. 23-24), backward, clip, AdamW step.
 No answer label is read by the step; answers, when the data has them, only feed logged
-diagnostics after the update. Defaults are the authors' released recipe (PAPER.md sec. 6).
+diagnostics after the update. Defaults are the authors' released recipe (docs/method.md).
 """
 
 import argparse
@@ -22,30 +23,20 @@ import json
 import math
 import os
 import resource
+import runpy
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
-import torch
-import torch.distributed as dist
-from PIL import Image
-from tqdm import tqdm
-
-import checkpoint
-import data
-import model as vlm
-from gate import auroc, evidence_gate
-from loss import opd_loss
-from parallel import MasterWeights, all_sum, fp32_allreduce, gathered, load_sharded, sync_grads
-from prefix import GroupScorer, enable_gradient_checkpointing, packs
-from rollout import decode, sample, unwrap
-from teacher import Teacher
+import data      # light (PIL, numpy): the settings below need its choices
 
 
-def arg(default, help, **kw):
-    return field(default=default, metadata=dict(help=help, **kw))
+def arg(default, help, *, free=False, min=None, above=None, max=None, **cli):
+    # A Config field: its help text, whether it may change when a run is resumed (free: limits,
+    # intervals, memory budgets; the others define the run), its valid range, argparse extras.
+    return field(default=default, metadata=dict(help=help, free=free, min=min, above=above, max=max, cli=cli))
 
 
 @dataclass
@@ -54,7 +45,7 @@ class Config:
     student: str = arg("", "student: hub id, local dir, or tiny offline model (tiny:qwen2_5_vl)")
     teacher: str = arg("", "frozen teacher, same tokenizer as the student (paper: Qwen3.5-27B for a 4B)")
     train_data: str = arg("synthetic:2048:0", "*.jsonl, the authors' *.parquet, or synthetic:N:SEED")
-    out_dir: str = arg("out/vzero", "metrics.jsonl and checkpoints go here")
+    out_dir: str = arg("out/vzero", "metrics.jsonl and checkpoints go here", free=True)
     # the method
     method: str = arg("vzero", "vzero: gated OPD; opd: weights 1, teacher sees (x, z+); opd-plain: "
                       "weights 1, teacher sees x only (the paper's no-gate ablation is ambiguous)",
@@ -63,80 +54,124 @@ class Config:
                         "random-crop ablation", choices=data.POS_MODES)
     neg_view: str = arg("paper", "z-: paper = same-size crop away from the box in the 2x-downsampled "
                         "image; downsample = the release's alternative", choices=data.NEG_MODES)
-    crop_margin: float = arg(0.0, "z+ margin, a fraction of the box size on each side")
-    crop_min_side: int = arg(32, "z+ is grown to at least this many pixels per side")
-    gate_alpha: float = arg(0.5, "w = clip(1 + alpha * a) (Eq. 20); the release uses 0.5, the paper prints 1")
-    gate_gamma: float = arg(1.0, "token score relu(D) - gamma relu(-D); 1 = Eq. 18 (release knob)")
-    gate_w_min: float = arg(0.0, "lower clip of the gate weight (Eq. 20)")
-    gate_w_max: float = arg(2.0, "upper clip of the gate weight (Eq. 20)")
+    crop_margin: float = arg(0.0, "z+ margin, a fraction of the box size on each side", min=0)
+    crop_min_side: int = arg(32, "z+ is grown to at least this many pixels per side", min=1)
+    gate_alpha: float = arg(0.5, "w = clip(1 + alpha * a) (Eq. 20); the release uses 0.5, the paper prints 1", min=0)
+    gate_gamma: float = arg(1.0, "token score relu(D) - gamma relu(-D); 1 = Eq. 18 (release knob)", min=0)
+    gate_w_min: float = arg(0.0, "lower clip of the gate weight (Eq. 20)", min=0)
+    gate_w_max: float = arg(2.0, "upper clip of the gate weight (Eq. 20)", min=0)
     estimator: str = arg("k1", "k1 in PPO-clip form (release) or k3", choices=("k1", "k3"))
     agg: str = arg("token-mean", "token-mean over the global mini-batch (release) or seq-mean-token-mean "
                    "(the paper's Eq. 24)", choices=("token-mean", "seq-mean-token-mean"))
-    clip_eps: float = arg(0.2, "PPO ratio clip")
-    dual_clip: float = arg(3.0, "PPO dual clip for negative advantages")
-    kl_clamp: float = arg(10.0, "clamp of the per-token KL estimate d_k (Eq. 23)")
+    clip_eps: float = arg(0.2, "PPO ratio clip", above=0, max=0.999)
+    dual_clip: float = arg(3.0, "PPO dual clip for negative advantages", above=1)
+    kl_clamp: float = arg(10.0, "clamp of the per-token KL estimate d_k (Eq. 23)", above=0)
     # optimisation (PAPER.md sec. 6)
-    lr: float = arg(1e-6, "AdamW learning rate, constant")
-    weight_decay: float = arg(0.01, "AdamW weight decay")
-    grad_clip: float = arg(1.0, "gradient-norm clip")
-    prompts_per_step: int = arg(32, "prompts per step over ALL ranks")
-    group_size: int = arg(8, "G sibling responses per prompt")
-    mini_batches: int = arg(2, "optimizer steps per rollout batch (the release: 2)")
+    lr: float = arg(1e-6, "AdamW learning rate, constant", above=0, free=True)
+    weight_decay: float = arg(0.01, "AdamW weight decay", min=0, free=True)
+    grad_clip: float = arg(1.0, "gradient-norm clip", above=0, free=True)
+    prompts_per_step: int = arg(32, "prompts per step over ALL ranks", min=1)
+    group_size: int = arg(8, "G sibling responses per prompt", min=1)
+    mini_batches: int = arg(2, "optimizer steps per rollout batch (the release: 2)", min=1)
     # Memory bounds, in token positions a forward holds (rows x (prompt + answer) columns, G x (P + T)
     # for a group). Each prompt is encoded once per phase (prefix.py). The defaults fit an 80 GB GPU at
     # the paper's settings (4B student, 27B teacher, 8 GPUs, 16k-token prompts, T <= 2048, G = 8):
     # README, "Memory plan".
     rollout_tokens: int = arg(1 << 20, "sampling: prompts per generate call, G x (prompt + max new tokens) "
-                              "positions each; 4 paper prompts = 590k positions = 19 GB of Qwen3.5-4B bf16 KV cache")
+                              "positions each; 4 paper prompts = 590k positions = 19 GB of Qwen3.5-4B bf16 KV cache", min=1, free=True)
     score_tokens: int = arg(1 << 18, "no-grad scoring (old log-probs, teacher views): answers per forward; one "
-                            "paper group = 8 x 18.4k = 147k positions: 9.6 GB of 27B KV + 8 GB of bf16 logits")
+                            "paper group = 8 x 18.4k = 147k positions: 9.6 GB of 27B KV + 8 GB of bf16 logits", min=1, free=True)
     update_tokens: int = arg(1 << 18, "student update: whole groups per forward/backward (one paper group: ~31 GB "
-                             "with --grad-checkpointing); a larger group is split by answers, its prompt encoded per part")
-    max_new_tokens: int = arg(2048, "max response length")
-    temperature: float = arg(1.0, "sampling temperature")
-    top_p: float = arg(1.0, "nucleus sampling")
+                             "with --grad-checkpointing); a larger group is split by answers, its prompt encoded per part", min=1, free=True)
+    max_new_tokens: int = arg(2048, "max response length", min=1)
+    temperature: float = arg(1.0, "sampling temperature", above=0)
+    top_p: float = arg(1.0, "nucleus sampling", above=0, max=1)
     per_prompt_seeds: bool = arg(False, "sample each prompt with its own seed: identical samples on any "
                                  "number of ranks (slower: one generate call per prompt)")
-    max_steps: int = arg(60, "steps (the paper reports step 60)")
-    save_every: int = arg(10, "checkpoint every N steps (and at the end)")
-    keep_last: int = arg(3, "keep the N newest checkpoints, delete older ones (0: keep all)")
-    resume: bool = arg(False, "continue from the latest checkpoint in out_dir")
-    seed: int = arg(0, "base seed; rank r uses seed + r")
+    max_steps: int = arg(60, "steps (the paper reports step 60)", min=1, free=True)
+    save_every: int = arg(10, "checkpoint every N steps (and at the end)", min=1, free=True)
+    keep_last: int = arg(3, "keep the N newest checkpoints, delete older ones (0: keep all)", min=0, free=True)
+    resume: str = arg("no", "continue from the latest checkpoint in out_dir: --resume (one must exist) or --resume "
+                      "auto (resume if one exists, else start: for restart loops). The settings that define the run "
+                      "must match the saved ones; limits, intervals and memory budgets may change",
+                      choices=("no", "yes", "auto"), nargs="?", const="yes", free=True)
+    overwrite: bool = arg(False, "start afresh in an out_dir that holds a run: its checkpoints and metrics are deleted",
+                          free=True)
+    skip_bad_images: bool = arg(False, "an image that fails to decode mid-run (a complete file with broken pixels) is "
+                                "replaced by another prompt of its batch and counted (data/bad_images), not fatal",
+                                free=True)
+    seed: int = arg(0, "base seed; rank r uses seed + r", min=0)
     # systems
     fsdp: bool = arg(False, "shard the student with FSDP2 (default: DDP replicas; no-op on one process). Sampling "
-                     "and the update gather it whole on each GPU once per phase (bf16: 9 GB for 4.5B parameters)")
+                     "and the update gather it whole on each GPU once per phase (bf16: 9 GB for 4.5B parameters)", free=True)
     shard_teacher: bool = arg(False, "shard the teacher with FSDP2 (a 27B teacher does not fit replicated; "
-                              "no-op on one process)")
+                              "no-op on one process)", free=True)
     dtype: str = arg("auto", "compute dtype of both models: auto = bf16 on CUDA, fp32 on CPU. The student's "
                      "master weights and optimizer state are fp32 either way", choices=("auto", "bf16", "fp32"))
     min_pixels: int | None = arg(None, "images are resized to at least this many pixels (the release: 65536 = 256^2; "
-                          "default: the processor's own)", type=int)
+                          "default: the processor's own)", type=int, min=1)
     max_pixels: int | None = arg(None, "... and at most this many (the release: 16777216 = 4096^2, ~16k visual tokens)",
-                          type=int)
+                          type=int, min=1)
     grad_checkpointing: bool = arg(False, "recompute each layer's activations in backward: needed at the paper's "
-                                   "scale (a 16k-token group holds ~120 GB of 4B activations without it)")
-    attn_implementation: str = arg("sdpa", "attention kernel: sdpa, eager, flash_attention_2")
+                                   "scale (a 16k-token group holds ~120 GB of 4B activations without it)", free=True)
+    attn_implementation: str = arg("sdpa", "attention kernel: sdpa, eager, flash_attention_2", free=True)
 
 
 def parse_args(argv=None):
     # The command line is generated from the Config fields: --gate-alpha 1.0, --fsdp / --no-fsdp.
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
-        kw = dict(default=f.default, help=f"{f.metadata['help']} (default: {f.default})")
+        kw = dict(default=f.default, help=f"{f.metadata['help']} (default: {f.default})", **f.metadata["cli"])
         if f.type is bool:
             kw["action"] = argparse.BooleanOptionalAction
         else:
-            kw["type"] = f.metadata.get("type", type(f.default))
-            if "choices" in f.metadata:
-                kw["choices"] = f.metadata["choices"]
+            kw.setdefault("type", type(f.default))
         parser.add_argument("--" + f.name.replace("_", "-"), **kw)
     return Config(**vars(parser.parse_args(argv)))
 
 
+# `python train.py --help` answers here, before the imports below (torch and transformers take seconds).
+if __name__ == "__main__" and {"-h", "--help"} & set(sys.argv[1:]):
+    parse_args(sys.argv[1:])
+
+import torch  # noqa: E402 (every import from here on is after the fast --help above)
+import torch.distributed as dist  # noqa: E402
+import transformers  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import checkpoint  # noqa: E402
+import model as vlm  # noqa: E402
+from gate import auroc, evidence_gate  # noqa: E402
+from loss import opd_loss  # noqa: E402
+from parallel import MasterWeights, all_sum, fp32_allreduce, gathered, load_sharded, sync_grads  # noqa: E402
+from prefix import GroupScorer, enable_gradient_checkpointing, packs  # noqa: E402
+from rollout import decode, sample, unwrap  # noqa: E402
+from teacher import Teacher  # noqa: E402
+
+FREE = {f.name for f in dataclasses.fields(Config) if f.metadata["free"]}   # may change when resuming
+
+
 def check_config(cfg, world):
-    # Impossible combinations fail here, before any model is loaded.
+    """Every knob's range, every impossible combination and every missing local model, before any
+    data or model is loaded."""
+    for f in dataclasses.fields(Config):
+        value, m = getattr(cfg, f.name), f.metadata
+        if value is None or isinstance(value, (bool, str)):
+            continue
+        if (m["min"] is not None and value < m["min"]) or (m["above"] is not None and value <= m["above"]) \
+                or (m["max"] is not None and value > m["max"]):
+            rule = " and ".join(r for r in (m["min"] is not None and f">= {m['min']}", m["above"] is not None
+                                            and f"> {m['above']}", m["max"] is not None and f"<= {m['max']}") if r)
+            raise ValueError(f"--{f.name.replace('_', '-')} {value}: must be {rule}")
     if not cfg.student or not cfg.teacher:
         raise ValueError("--student and --teacher are required")
+    for name in (cfg.student, cfg.teacher):
+        vlm.check_model_name(name)
+    if cfg.gate_w_max < cfg.gate_w_min:
+        raise ValueError(f"--gate-w-max {cfg.gate_w_max} must be >= --gate-w-min {cfg.gate_w_min}")
+    if cfg.min_pixels and cfg.max_pixels and cfg.min_pixels > cfg.max_pixels:
+        raise ValueError(f"--min-pixels {cfg.min_pixels} must be <= --max-pixels {cfg.max_pixels}")
     if cfg.prompts_per_step % world:
         raise ValueError(f"--prompts-per-step {cfg.prompts_per_step} must divide over {world} ranks")
     if (cfg.prompts_per_step // world) % cfg.mini_batches:
@@ -146,8 +181,6 @@ def check_config(cfg, world):
         raise ValueError("vzero needs --group-size >= 2: the gate compares siblings (Eq. 19)")
     if cfg.method == "opd-plain" and cfg.pos_view != "box":
         raise ValueError("--pos-view has no effect with --method opd-plain (the teacher sees no crop)")
-    if min(cfg.max_steps, cfg.save_every, cfg.rollout_tokens, cfg.score_tokens, cfg.update_tokens, cfg.group_size) < 1:
-        raise ValueError("steps, save interval, token budgets and group size must be >= 1")
 
 
 def compute_dtype(cfg, device):
@@ -222,6 +255,7 @@ class StepInputs:
     student_prompts: dict     # [B, P] (model.student_prompts)
     teacher_prompts: dict     # Teacher.prompts of the views the method needs
     seconds: float
+    bad_images: int = 0       # replaced by other prompts of the batch (--skip-bad-images)
 
 
 VIEWS_NEEDED = {"vzero": ("pos", "neg"), "opd": ("pos",), "opd-plain": ("plain",)}
@@ -230,9 +264,25 @@ VIEWS_NEEDED = {"vzero": ("pos", "neg"), "opd": ("pos",), "opd-plain": ("plain",
 def prepare(cfg, examples, step, rank, world, processor, teacher):
     start = time.perf_counter()
     batch = prompts_for_step(examples, step, cfg, rank, world)
+    views, bad = [], []
+    for _, ex in batch:
+        try:
+            views.append(data.evidence_views(ex, cfg.neg_view, pos_mode=cfg.pos_view, seed=cfg.seed,
+                                             margin=cfg.crop_margin, min_side=cfg.crop_min_side))
+        except ValueError as error:          # names file, line, id and field
+            if not cfg.skip_bad_images:
+                raise
+            print(f"warning: step {step + 1}: skipped: {error}")
+            views.append(None)
+            bad.append(error)
+    # --skip-bad-images: a prompt whose image failed is replaced by another of the batch, so every
+    # rank keeps its number of groups (they take their forwards in lockstep).
+    good = [i for i, v in enumerate(views) if v is not None]
+    if not good:
+        raise ValueError(f"step {step + 1}: every image of this rank's batch failed to decode: {bad[0]}")
+    source = [i if v is not None else good[i % len(good)] for i, v in enumerate(views)]
+    batch, views = [batch[i] for i in source], [views[i] for i in source]
     examples = [ex for _, ex in batch]
-    views = [data.evidence_views(ex, cfg.neg_view, pos_mode=cfg.pos_view, seed=cfg.seed,
-                                 margin=cfg.crop_margin, min_side=cfg.crop_min_side) for ex in examples]
     full, pos, neg = (list(v) for v in zip(*views))
     questions = [ex.question for ex in examples]
     pixels = {}     # each full image resized and cut into patches once, for the student and the teacher
@@ -240,13 +290,16 @@ def prepare(cfg, examples, step, rank, world, processor, teacher):
     teacher_inputs = teacher.prompts(full, questions, pos_crops=pos, neg_crops=neg, views=VIEWS_NEEDED[cfg.method],
                                      pixels=pixels)
     return StepInputs(step, [p for p, _ in batch], examples, student_inputs, teacher_inputs,
-                      time.perf_counter() - start)
+                      time.perf_counter() - start, len(bad))
 
 
-def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device):
+def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device, progress=print):
+    """One step of Algorithm 1 on this rank's prompts; returns the step's metrics (over all ranks).
+    progress(text): where to say which phase runs (the progress bar)."""
     step, examples = inputs.step, inputs.examples
     G, B = cfg.group_size, len(examples)
     timer = {"prepare": inputs.seconds}
+    progress(f"rollout: {B} prompts x {G}")
 
     # 1. On-policy rollout from the full image only (Alg. 1 lines 5-7).
     # Seeds: per prompt from its global stream position (the same on any number of ranks), or
@@ -254,9 +307,15 @@ def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank
     t0 = time.perf_counter()
     base = cfg.seed * 1_000_003
     seed = [base + pos for pos in inputs.positions] if cfg.per_prompt_seeds else base + 7_919 * (step * world + rank)
-    ro = sample(student, processor, inputs.student_prompts, group_size=G, max_new_tokens=cfg.max_new_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, max_tokens=cfg.rollout_tokens)
+    try:
+        ro = sample(student, processor, inputs.student_prompts, group_size=G, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, max_tokens=cfg.rollout_tokens)
+    except FloatingPointError as error:      # prefix.encode found the student's outputs non-finite
+        raise RuntimeError(f"step {step + 1}: the student's outputs are not finite, so its weights are broken (by "
+                           f"the updates of step {step}, lr {cfg.lr}, unless it was loaded so). Resume from the last "
+                           "checkpoint with a lower --lr") from None
     timer["rollout"] = time.perf_counter() - t0
+    progress(f"teacher: {B * G} answers, {int(ro.response_mask.sum())} tokens")
     # 2. Teacher replay of the same tokens (Alg. 1 lines 8-10), no grad.
     t0 = time.perf_counter()
     lp = teacher.replay(ro, prompts=inputs.teacher_prompts)
@@ -291,6 +350,7 @@ def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank
         mini_loss = 0.0
         with gathered(student):      # FSDP2: the student's parameters gathered once for the mini-batch
             for i, (prompt_ids, answers, scale) in enumerate(micro):
+                progress(f"update {m + 1}/{cfg.mini_batches}: micro-batch {i + 1}/{len(micro)}")
                 sync_grads(student, last=i == len(micro) - 1)
                 answers = torch.tensor(answers)
                 # answer row r belongs to prompt r // G: its index among this micro-batch's prompts
@@ -313,6 +373,13 @@ def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank
         if math.isfinite(mini_loss) and math.isfinite(grad_norm):
             optimizer.step()
             master.publish()                     # the stepped fp32 weights back into the bf16 model
+            # Cheap, and it names the step: a finite gradient can still step weights to inf / NaN.
+            broken, = all_sum([sum(int(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
+                                   for p in master.params)], device)
+            if broken:
+                raise RuntimeError(f"step {step + 1}, update {m + 1}: the optimizer step made {int(broken)} weight "
+                                   f"tensor(s) non-finite (lr {cfg.lr}). The last checkpoint is intact: resume from "
+                                   "it with a lower --lr")
         else:
             sums["skipped"] += 1
         sums["loss"] += mini_loss / cfg.mini_batches
@@ -329,7 +396,8 @@ def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank
                "rollout/tokens": int(tokens), "rollout/len_mean": tokens / rows, "rollout/len_max": int(len_max),
                "rollout/truncated_frac": truncated / rows, **{f"time/{k}": v for k, v in timer.items()},
                "rollout/tokens_per_s": tokens / timer["rollout"],
-               "tokens_per_s": tokens / (timer["rollout"] + timer["teacher"] + timer["update"])}
+               "tokens_per_s": tokens / (timer["rollout"] + timer["teacher"] + timer["update"]),
+               "data/bad_images": int(all_sum([inputs.bad_images], device)[0])}
     # Diagnostics only, AFTER the update: answers never touch the step above.
     metrics.update(answer_diagnostics(examples, ro, weights, processor, cfg, device))
     return metrics
@@ -372,32 +440,34 @@ def answer_diagnostics(examples, ro, weights, processor, cfg, device):
 
 # ---------------------------------------------------------------------------------------------
 def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
-    """Run cfg; returns the per-step metrics. `examples` replaces cfg.train_data with examples
-    already in memory (toy.py passes prompts stripped of their answers)."""
+    """Run cfg; returns the per-step metrics of this start. `examples` replaces cfg.train_data with
+    examples already in memory (toy.py passes prompts stripped of their answers)."""
+    # Everything that can be wrong with the settings, the data or the run directory fails here,
+    # before a model loads.
     check_config(cfg, world)
-    torch.manual_seed(cfg.seed + rank)                         # per-rank seeds
-    os.makedirs(cfg.out_dir, exist_ok=True)
     examples = examples if examples is not None else data.load_examples(cfg.train_data)
-    ckpt = checkpoint.latest(cfg.out_dir) if cfg.resume else None
-    if cfg.resume and ckpt is None:
-        raise ValueError(f"--resume: no checkpoint in {cfg.out_dir}")
-    student, processor, teacher, optimizer, master = build(cfg, rank, world, device, student_dir=ckpt)
-    start = checkpoint.restore(ckpt, unwrap(student), master, optimizer, rank, device) if ckpt else 0
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if cfg.method != "opd-plain":
+        data.check_views(examples, cfg.neg_view)
+    settings = dataclasses.asdict(cfg)
+    ckpt = checkpoint.open_run(cfg.out_dir, settings, FREE, cfg.resume, cfg.overwrite, rank)
     if rank == 0:
-        print(json.dumps(dataclasses.asdict(cfg), indent=1))
-        if ckpt:
-            print(f"resumed from step {start} of {ckpt}")
-        # Keep the metrics of the steps the checkpoint holds; drop any logged after it.
-        kept = [l for l in open(metrics_path)] if ckpt and os.path.exists(metrics_path) else []
-        with open(metrics_path, "w") as f:
-            f.writelines(l for l in kept if json.loads(l)["step"] <= start)
-    history = []
+        print(summary(cfg, world, len(examples)))
+    transformers.logging.disable_progress_bar()          # no weight-loading bars between ours
+    torch.manual_seed(cfg.seed + rank)                         # per-rank seeds
+    student, processor, teacher, optimizer, master = build(cfg, rank, world, device, student_dir=ckpt)
+    if rank == 0:
+        bounds = [f"{name} {p.image_processor.size['shortest_edge']}..{p.image_processor.size['longest_edge']}"
+                  for name, p in (("student", processor), ("teacher", teacher.processor))]
+        print("image pixels: " + ", ".join(bounds) + " (--min-pixels / --max-pixels)")
+    start = checkpoint.restore(ckpt, unwrap(student), master, optimizer, rank, device) if ckpt else 0
+    if ckpt and rank == 0:
+        print(f"resumed from step {start} of {ckpt}")
+    log = checkpoint.MetricsLog(cfg.out_dir, start, rank)      # after the checkpoint is known good
+    history, began = [], time.time()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=rank != 0, desc=cfg.method)
     # The next step's inputs are prepared in a background thread while this step runs (PIL and the
-    # tokenizer release the GIL for their heavy work); at most one step ahead.
-    # The thread gets its own copy of the processor: a fast tokenizer must not be used by two
-    # threads at once (padding settings are state).
+    # tokenizer release the GIL for their heavy work); at most one step ahead. The thread has its
+    # own copy of the processor: a fast tokenizer must not serve two threads at once.
     ahead, prep_processor = ThreadPoolExecutor(max_workers=1), copy.deepcopy(processor)
     next_inputs = ahead.submit(prepare, cfg, examples, start, rank, world, prep_processor, teacher)
     for step in bar:
@@ -406,20 +476,34 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
         waited = time.perf_counter() - t0
         if step + 1 < cfg.max_steps:
             next_inputs = ahead.submit(prepare, cfg, examples, step + 1, rank, world, prep_processor, teacher)
-        m = train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device)
+        m = train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device,
+                       progress=bar.set_postfix_str)
         m = {"step": step + 1, **m, "time/data_wait": waited, "peak_mem_mb": peak_memory_mb(device)}
         history.append(m)
-        if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(m) + "\n")
-            bar.set_postfix(loss=f"{m['loss']:.4f}", kl=f"{m['kl/k1_mean']:.3f}", len=f"{m['rollout/len_mean']:.0f}")
+        log.append(m)
+        bar.set_postfix_str(f"loss {m['loss']:.4f}  kl {m['kl/k1_mean']:.3f}  len {m['rollout/len_mean']:.0f}")
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
-            path = checkpoint.save(cfg.out_dir, step + 1, dataclasses.asdict(cfg), unwrap(student), processor, master,
+            path = checkpoint.save(cfg.out_dir, step + 1, settings, unwrap(student), processor, master,
                                    optimizer, rank, compute_dtype(cfg, device), cfg.keep_last)
             if rank == 0:
                 bar.write(f"saved {path}")
     ahead.shutdown()
+    bar.close()
+    if rank == 0 and history:
+        last = history[-1]
+        print(f"done: steps {start + 1}..{cfg.max_steps} in {(time.time() - began) / 60:.1f} min; last step: loss "
+              f"{last['loss']:.4f}, teacher KL {last['kl/k1_mean']:.4f}, answers {last['rollout/len_mean']:.0f} "
+              f"tokens; metrics {log.path}; student {checkpoint.latest(cfg.out_dir)}")
     return history
+
+
+def summary(cfg, world, num_examples):
+    # The run in a few lines; every setting is in out_dir/train_config.json.
+    return (f"{cfg.method}: student {cfg.student}, teacher {cfg.teacher}\n"
+            f"data {cfg.train_data} ({num_examples} examples); {cfg.prompts_per_step} prompts x G={cfg.group_size} "
+            f"per step on {world} rank(s), {cfg.mini_batches} updates per step, lr {cfg.lr}, {cfg.max_steps} steps, "
+            f"up to {cfg.max_new_tokens} new tokens\n"
+            f"out {cfg.out_dir} (all settings: {os.path.join(cfg.out_dir, 'train_config.json')})")
 
 
 def peak_memory_mb(device):
@@ -429,9 +513,8 @@ def peak_memory_mb(device):
 
 
 def main(argv=None):
-    if not argv:            # `python train.py`: the CPU demo on the zoom world (toy.py)
-        import toy
-        return toy.demo()
+    if not argv:            # `python train.py`: the CPU demo on the zoom world, which is toy.py's
+        return runpy.run_module("toy", run_name="__main__")     # (toy imports train, not the other way)
     cfg = parse_args(argv)
     rank, world, device = vlm.setup_distributed()
     train(cfg, rank, world, device)

@@ -70,7 +70,7 @@ def test_demo_end_to_end_and_cache(tiny_toy, monkeypatch, capsys):
         seen["examples"] = examples
         return real_train(cfg, *args, examples=examples, **kw)
     monkeypatch.setattr(train, "train", spy)
-    rows = train.main([])                                  # no arguments = the demo
+    rows = toy.demo()
     out = capsys.readouterr().out
     # The table: chance, the teacher's two views, base and trained student, all real accuracies.
     assert set(rows) == {"chance", "teacher (x, z+)", "teacher (x, z-)", "base student (x)", "V-Zero student (x)"}
@@ -115,3 +115,12 @@ def test_results_table_and_plot(tiny_toy, monkeypatch):
     monkeypatch.setattr(toy, "DISTILL", {**toy.DISTILL, "lr": 1e-3})
     with pytest.raises(ValueError, match="other settings.*lr"):
         toy.run_arm("vzero", 0, toy.heldout_split())
+
+
+def test_train_py_without_arguments_runs_the_toy_demo_script(monkeypatch):
+    # train.py does not import toy (toy imports train): with no arguments it runs toy.py as a script.
+    ran = []
+    monkeypatch.setattr(train.runpy, "run_module", lambda name, run_name: ran.append((name, run_name)))
+    train.main([])
+    assert ran == [("toy", "__main__")]
+    assert "import toy" not in open(train.__file__).read()
