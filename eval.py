@@ -652,6 +652,11 @@ def _peak_memory(device):
 def main(argv=None):
     args = parse_args(argv)
     rank, _, device = vlm.setup_distributed()
+    run(args, rank, device)
+    vlm.end_distributed()     # after run() has released the models; after an error torchrun stops the others
+
+
+def run(args, rank, device):
     examples = benchmarks.read(args.bench, args.data, args.image_root, args.limit)
     prepare_out_dir(args, rank)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU bf16 is slow and lossy
@@ -697,7 +702,6 @@ def main(argv=None):
             print("\n" + "!" * 100 + f"\n!!! WARNING: BLIND accuracy {blind:.3f} is NOT lower than real accuracy "
                   f"{acc:.3f}: the model is not using the image, or the evaluation is broken.\n"
                   + "!" * 100, file=sys.stderr)
-    vlm.end_distributed()     # after an error the process just exits: torchrun stops the others
 
 
 if __name__ == "__main__":

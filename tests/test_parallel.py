@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -40,19 +41,21 @@ def rank_data(rank):
 
 
 def run_two_ranks(script, timeout=240):
-    """Run `script` on 2 gloo ranks (torchrun); each rank prints one line "RESULT <json>". A hung
-    run is killed with all its workers (a session of its own)."""
+    """Run `script` on 2 gloo ranks (torchrun); rank r writes its results as JSON to the file
+    argv[2]/r.json (stdout of two processes may interleave). A hung run is killed with all its
+    workers (a session of its own)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-                             "--no-python", sys.executable, "-c", script, ROOT], env=env, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, out[-3000:]
-    return [json.loads(line.split("RESULT ", 1)[1]) for line in out.splitlines() if line.startswith("RESULT ")]
+    with tempfile.TemporaryDirectory() as out:
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+                                 "--no-python", sys.executable, "-c", script, ROOT, out], env=env, cwd=ROOT, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            log, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        assert proc.returncode == 0, log[-3000:]
+        return [json.load(open(os.path.join(out, f"{rank}.json"))) for rank in range(2)]
 
 
 SCRIPT = textwrap.dedent("""
@@ -88,9 +91,11 @@ SCRIPT = textwrap.dedent("""
     sampling_gathers = gathers[0]
     lp = Teacher(teacher_model, proc, max_tokens=150).replay(ro, fulls, questions, pos_crops=crops, neg_crops=negs)
     units = len(parallel.fsdp_units(student))
-    print("RESULT", json.dumps({"rank": rank, "units": units, "sampling_gathers": sampling_gathers,
+    json.dump({"rank": rank, "units": units, "sampling_gathers": sampling_gathers,
                                 "generate_gathers": in_generate[0], "ids": ro.response_ids.tolist(),
-                                "old_logp": ro.old_logp.tolist(), "pos": lp["pos"].tolist(), "neg": lp["neg"].tolist()}))
+                                "old_logp": ro.old_logp.tolist(), "pos": lp["pos"].tolist(), "neg": lp["neg"].tolist()},
+              open(f"{sys.argv[2]}/{rank}.json", "w"))
+    del student, teacher_model
     M.end_distributed()
 """)
 
@@ -141,7 +146,8 @@ PRECISION_SCRIPT = textwrap.dedent("""
             "cache": sorted(seen), "optimizer": sorted({str(p.dtype) for g in optimizer.param_groups for p in g["params"]}),
             "student": sorted({str(p.dtype) for p in unwrap(student).parameters()}),
             "teacher": sorted({str(p.dtype) for p in teacher.model.parameters()}), "loss": metrics["loss"]}
-    print("RESULT", json.dumps(out))
+        del student, teacher, optimizer, master
+    json.dump(out, open(f"{sys.argv[2]}/{rank}.json", "w"))
     M.end_distributed()
 """)
 
@@ -169,9 +175,11 @@ LOAD_SCRIPT = textwrap.dedent("""
     full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
     buffers = dict(model.named_buffers())
     reference, _ = M.load("tiny:qwen3_5@4")
-    print("RESULT", json.dumps({"rank": rank, "sharded": sum(hasattr(p, "full_tensor") for p in model.parameters()),
+    json.dump({"rank": rank, "sharded": sum(hasattr(p, "full_tensor") for p in model.parameters()),
         "params_equal": all(torch.equal(full[k], v) for k, v in reference.state_dict().items()),
-        "buffers_equal": all(torch.equal(buffers[k], v) for k, v in reference.named_buffers())}))
+        "buffers_equal": all(torch.equal(buffers[k], v) for k, v in reference.named_buffers())},
+        open(f"{sys.argv[2]}/{rank}.json", "w"))
+    del model, buffers, full
     M.end_distributed()
 """)
 
