@@ -44,6 +44,7 @@ import data
 import model as vlm
 import train            # one way: train.py runs this file as a script for its no-argument demo
 from eval import evaluate
+from plot import panel
 from prefix import encode, score
 from rollout import decode, sample
 
@@ -285,38 +286,18 @@ COLOURS = {"opd": (230, 120, 20), "vzero": (30, 110, 220), "vzero-random": (150,
 
 
 def plot(curves, base, path, size=(640, 400)):
-    """Mean held-out accuracy vs step per arm (one line each, a band for +- sd over seeds), with
-    the base student as step 0. Pillow only: matplotlib is not a dependency."""
-    W, H, left, bottom, top, right = *size, 56, 44, 24, 130
+    """Mean held-out accuracy vs step per arm (one line each, a bar for +- sd over seeds), with the
+    base student as step 0 and as a reference line (plot.panel: Pillow only)."""
     steps = sorted({s for runs in curves.values() for c in runs for s in c} | {0})
-    lo = min([base] + [min(c.values()) for runs in curves.values() for c in runs]) - 0.05
-    hi = max([base] + [max(c.values()) for runs in curves.values() for c in runs]) + 0.05
-    X = lambda s: left + (W - left - right) * s / steps[-1]
-    Y = lambda a: top + (H - top - bottom) * (hi - a) / (hi - lo)
+    lines, bands = {}, {}
+    for arm, runs in curves.items():
+        accs = [[base] * len(runs) if s == 0 else [c[s] for c in runs if s in c] for s in steps]
+        lines[arm] = ([statistics.mean(a) for a in accs], COLOURS[arm])
+        bands[arm] = [(statistics.mean(a) - statistics.pstdev(a), statistics.mean(a) + statistics.pstdev(a)) for a in accs]
     img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    draw.rectangle((left, top, W - right, H - bottom), outline=(0, 0, 0))
-    for k in range(11):                                   # y grid every 10 points
-        a = math.floor(lo * 10) / 10 + k / 10
-        if lo <= a <= hi:
-            draw.line((left, Y(a), W - right, Y(a)), fill=(230, 230, 230))
-            draw.text((8, Y(a) - 6), f"{100 * a:.0f}%", fill=(0, 0, 0))
-    for s in steps:
-        draw.text((X(s) - 6, H - bottom + 6), str(s), fill=(0, 0, 0))
-    draw.text(((W - right) // 2 - 10, H - 18), "step", fill=(0, 0, 0))
-    draw.text((left, 2), "held-out accuracy of the student (greedy), mean and +-sd over seeds", fill=(0, 0, 0))
-    draw.line((left, Y(base), W - right, Y(base)), fill=(0, 0, 0), width=1)
-    draw.text((W - right + 8, Y(base) - 6), "base student", fill=(0, 0, 0))
-    for i, (arm, runs) in enumerate(curves.items()):
-        points = []
-        for s in steps:
-            accs = [base if s == 0 else c[s] for c in runs if s == 0 or s in c]
-            points.append((X(s), Y(statistics.mean(accs)), Y(statistics.mean(accs) + statistics.pstdev(accs)),
-                           Y(statistics.mean(accs) - statistics.pstdev(accs))))
-        for x, _, up, down in points:
-            draw.line((x, up, x, down), fill=COLOURS[arm], width=1)          # +- sd over seeds
-        draw.line([(x, y) for x, y, _, _ in points], fill=COLOURS[arm], width=3)
-        draw.text((W - right + 8, top + 16 * i), arm, fill=COLOURS[arm])
+    panel(ImageDraw.Draw(img), (0, 0, *size), steps, lines,
+          "held-out accuracy of the student (greedy), mean and +-sd over seeds, by step",
+          bands=bands, hline=("base student", base), y_format="{:.0%}")
     img.save(path)
     return path
 
