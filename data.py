@@ -1,7 +1,7 @@
 """Data for V-Zero: the Example record, loaders, the views z+ / z-, the synthetic "zoom world",
 answer matching and the split across ranks.
 
-Paper: V-Zero (arXiv 2606.25319), sec. 5 of shared/PAPER.md "Building the views". For each
+Paper: V-Zero (arXiv 2606.25319), docs/method.md sec. 5 "Building the views". For each
 prompt the student sees only x = (full image, question). The frozen teacher replays the
 student's tokens twice: once with z+ (the crop of the annotated question-relevant box) and once
 with z- (an equal-size crop of somewhere else). `evidence_views` is the one place that builds
@@ -202,7 +202,7 @@ def _pos_window(ex: Example, W: int, H: int, margin: float, min_side: int) -> tu
     # Integer crop window [x0, y0, x1, y1] for z+: the box plus `margin` (a fraction of the box's
     # width / height on each side), clamped to the image, then grown around its centre to at
     # least min_side px per side (shifted, not shrunk, at the borders) so a 6-px box still gives
-    # the teacher a usable crop. BENCHMARKS.md: V*'s reference crop uses a 224-px floor.
+    # the teacher a usable crop (V*'s own reference crops use a 224-px floor).
     if ex.bbox is None:
         raise ex._error("bbox", "needed to build the positive view (or give pos_crop)")
     x0, y0, x1, y1 = ex.bbox
@@ -307,7 +307,7 @@ def evidence_views(ex: Example, neg_mode: str = "paper", *, pos_mode: str = "box
                    margin: float = 0.0, min_side: int = 32) -> tuple[Image.Image, Image.Image, Image.Image]:
     """(full, z+, z-) for one example: the student's image and the teacher's two crops.
     pos_mode="random" is the paper's random-crop ablation, which hurts (72.5 vs 75.3 for the
-    base model, PAPER.md sec. 5): the teacher's "positive" crop is taken at a random place
+    base model, docs/method.md sec. 5): the teacher's "positive" crop is taken at a random place
     (z+'s size, uniform, blind to the box), so it is no longer the evidence. z- is built as
     usual ("paper" still avoids the real box)."""
     full = ex.image
@@ -573,7 +573,7 @@ def chance_accuracy(examples: list[Example]) -> float:
 def match_choice(text: str, choices: list[str]) -> str | None:
     """The choice a response names: the one whose first whole-word, case-insensitive occurrence
     comes earliest ("It is a cross." -> "cross"), or None. For word answers like the zoom
-    world's; letter-choice benchmarks need their own extractors (BENCHMARKS.md sec. 8)."""
+    world's; the benchmarks' letter choices have their own rules (answer_rules.py)."""
     hits = [(m.start(), c) for c in choices
             if (m := re.search(rf"(?<!\w){re.escape(c)}(?!\w)", text, re.IGNORECASE))]
     return min(hits)[1] if hits else None

@@ -1,6 +1,6 @@
 """The two policies of V-Zero: load a Qwen VLM, encode its prompts, score given response tokens.
 
-Paper parts (arXiv 2606.25319, see PAPER.md):
+Paper parts (arXiv 2606.25319, see docs/method.md):
   - pi_s and pi_t, the student and the frozen teacher (sec. 1): `load` a Qwen2.5-VL, Qwen3-VL or
     Qwen3.5 checkpoint (hub id or local dir), or `build_tiny` a random one offline for CPU tests.
   - the three views (sec. 1, 5): the student prompt x = [full image, question]; the teacher prompts
@@ -9,7 +9,7 @@ Paper parts (arXiv 2606.25319, see PAPER.md):
   - the three-view replay (Alg. 1 lines 8-10, Eqs. 8, 15-16, 23): `sequence_logprobs` gives
     log pi(y_k | prompt, y_<k) for every response token k with one forward pass, scoring only
     response positions (`logits_to_keep`) and taking the log-softmax in fp32, in chunks.
-  - the pitfalls of PAPER.md sec. 8: exact alignment (first AND last token), vision tokens never
+  - the pitfalls of docs/method.md sec. 8: exact alignment (first AND last token), vision tokens never
     sampled (`vision_token_ids`), same tokenizer and template for student and teacher
     (`check_compatible`), no full-vocabulary logits for prompt positions.
 
@@ -36,7 +36,7 @@ from transformers import (AutoConfig, AutoModelForImageTextToText, BatchFeature,
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
 # ----------------------------------------------------------------------------------------------
-# Prompt wording: the one place. The paper's exact teacher wording is unreleased (PAPER.md sec. 5).
+# Prompt wording: the one place. The paper's exact teacher wording is unreleased (docs/method.md sec. 5).
 # No system prompt; thinking mode off (Qwen3.5 templates read `enable_thinking`, others ignore it).
 TEACHER_CROP_NOTE = ("The second image is a zoomed-in crop of the first image, "
                      "showing the region that is relevant to the question.")
@@ -316,7 +316,7 @@ def vision_token_ids(processor):
 # ----------------------------------------------------------------------------------------------
 # Prompt encoding.
 def _render(processor, num_images, text):
-    # Thinking off (PAPER.md sec. 6) for templates that have the switch (Qwen3.5); passing it to
+    # Thinking off (docs/method.md sec. 6) for templates that have the switch (Qwen3.5); passing it to
     # others would only make transformers warn.
     template = processor.chat_template or ""
     thinking_off = {"enable_thinking": False} if "enable_thinking" in template else {}
@@ -525,7 +525,7 @@ def repeated_prompt_logprobs(model, prompts, rows, answer_ids, answer_mask):
 
 # ----------------------------------------------------------------------------------------------
 def check_compatible(student_processor, teacher_processor):
-    """Refuse a student/teacher pair whose tokens or chat templates differ (PAPER.md sec. 8): the
+    """Refuse a student/teacher pair whose tokens or chat templates differ (docs/method.md sec. 8): the
     teacher must score exactly the student's token ids under the same conversation format.
     Compare tokenizers, NOT embedding row counts: Qwen2.5-VL 3B and 7B pad their embeddings to
     151,936 and 152,064 rows yet share one tokenizer, so the row count says nothing."""

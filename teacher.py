@@ -21,7 +21,7 @@ their common part is encoded once and each view continues from it; each view's p
 continued by its G answers. Checked at run time: the views must agree on that common part.
 Exactness: the teacher's prompts are longer than the student's (two images), so answer token k sits
 at another absolute position; prefix.score reads it from the logit at the teacher's own prompt end
-+ k - 1 whatever that length is (PAPER.md sec. 8: the release gets this wrong for crop views).
++ k - 1 whatever that length is (docs/method.md sec. 8: the release gets this wrong for crop views).
 Memory: `max_tokens` bounds the token positions one forward holds (rows x columns).
 """
 

@@ -66,7 +66,7 @@ class Config:
     clip_eps: float = arg(0.2, "PPO ratio clip", above=0, max=0.999)
     dual_clip: float = arg(3.0, "PPO dual clip for negative advantages", above=1)
     kl_clamp: float = arg(10.0, "clamp of the per-token KL estimate d_k (Eq. 23)", above=0)
-    # optimisation (PAPER.md sec. 6)
+    # optimisation (docs/method.md sec. 6)
     lr: float = arg(1e-6, "AdamW learning rate, constant", above=0, free=True)
     weight_decay: float = arg(0.01, "AdamW weight decay", min=0, free=True)
     grad_clip: float = arg(1.0, "gradient-norm clip", above=0, free=True)

@@ -2,7 +2,7 @@
 
 Among them the checks of the REFERENCE scoring path, `repeated_prompt_logprobs` (each prompt
 repeated in front of each answer): it must reproduce the log-probs `generate` sampled with, at the
-first AND last answer token of every row (PAPER.md sec. 8), with left padding, two image sizes in a
+first AND last answer token of every row (docs/method.md sec. 8), with left padding, two image sizes in a
 batch and an early EOS, and agree with a naive full-logits path, gradients included. It is the
 oracle of tests/test_prefix.py, where the training path (each prompt encoded once) is checked
 against it. Run: python -m pytest -q tests/test_model.py
