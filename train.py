@@ -78,11 +78,14 @@ class Config:
     # the paper's settings (4B student, 27B teacher, 8 GPUs, 16k-token prompts, T <= 2048, G = 8):
     # README, "Memory plan".
     rollout_tokens: int = arg(1 << 20, "sampling: prompts per generate call, G x (prompt + max new tokens) "
-                              "positions each; 4 paper prompts = 590k positions = 19 GB of Qwen3.5-4B bf16 KV cache", min=1, free=True)
-    score_tokens: int = arg(1 << 18, "no-grad scoring (old log-probs, teacher views): answers per forward; one "
-                            "paper group = 8 x 18.4k = 147k positions: 9.6 GB of 27B KV + 8 GB of bf16 logits", min=1, free=True)
-    update_tokens: int = arg(1 << 18, "student update: whole groups per forward/backward (one paper group: ~31 GB "
-                             "with --grad-checkpointing); a larger group is split by answers, its prompt encoded per part", min=1, free=True)
+                              "cache positions each; the paper's 4 prompts per rank: 590k positions, 21 GB of "
+                              "Qwen3.5-4B cache", min=1, free=True)
+    score_tokens: int = arg(1 << 19, "no-grad scoring (old log-probs, teacher views): rows x (prompt + answer) "
+                            "positions per forward; one paper example's two views: 16 x 16.9k = 270k positions, "
+                            "18 GB of 27B keys/values + up to 16 GB of logits", min=1, free=True)
+    update_tokens: int = arg(1 << 18, "student update: whole groups per forward/backward; one paper group (147k "
+                             "positions) holds ~29 GB with --grad-checkpointing; a larger group is split by answers, "
+                             "its prompt encoded once per part", min=1, free=True)
     max_new_tokens: int = arg(2048, "max response length", min=1)
     temperature: float = arg(1.0, "sampling temperature", above=0)
     top_p: float = arg(1.0, "nucleus sampling", above=0, max=1)
@@ -103,7 +106,8 @@ class Config:
     seed: int = arg(0, "base seed; rank r uses seed + r", min=0)
     # systems
     fsdp: bool = arg(False, "shard the student with FSDP2 (default: DDP replicas; no-op on one process). Sampling "
-                     "and the update gather it whole on each GPU once per phase (bf16: 9 GB for 4.5B parameters)", free=True)
+                     "and the update gather it whole on each GPU once per phase (bf16: 9 GB for 4.5B parameters)",
+                     free=True)
     shard_teacher: bool = arg(False, "shard the teacher with FSDP2 (a 27B teacher does not fit replicated; "
                               "no-op on one process)", free=True)
     dtype: str = arg("auto", "compute dtype of both models: auto = bf16 on CUDA, fp32 on CPU. The student's "
