@@ -36,6 +36,7 @@ import sys
 import time
 
 import torch
+import transformers
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -102,9 +103,25 @@ def answer_targets(tokenizer, answers):
     return ids, mask
 
 
+# The code a toy model depends on: the world's rendering and views (data), the tiny models,
+# tokenizer and prompts (model), the scoring (prefix), the supervised loop (this file). Its hash
+# is part of the cache key, so a change to any of them builds new models instead of reusing ones
+# the current code would not make. (Whole files: a comment edit costs one rebuild, ~3 min.)
+CODE = ("data.py", "model.py", "prefix.py", "toy.py")
+
+
+def code_version() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha1(f"torch {torch.__version__} transformers {transformers.__version__}".encode())
+    for name in CODE:
+        with open(os.path.join(here, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:12]
+
+
 def _settings(run: Supervised) -> dict:
-    # Everything the model depends on, the world included: the cache key and toy_run.json.
-    return {**dataclasses.asdict(run), "world": {**WORLD, **run.world}}
+    # Everything the model depends on, the world and the code included: the cache key and toy_run.json.
+    return {**dataclasses.asdict(run), "world": {**WORLD, **run.world}, "code": code_version()}
 
 
 def supervised(run: Supervised, out_dir: str):

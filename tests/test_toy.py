@@ -89,6 +89,13 @@ def test_demo_end_to_end_and_cache(tiny_toy, monkeypatch, capsys):
     assert stamp == {c: os.path.getmtime(os.path.join("toy_ckpt", c, "model.safetensors")) for c in cached}
     monkeypatch.setattr(toy, "WORLD", {**toy.WORLD, "n_distractors": 1})
     assert os.path.basename(toy.toy_model(toy.TEACHER, "teacher")) not in cached
+    # ... and so does a change to the code that makes them: a stale model is never reused.
+    monkeypatch.setattr(toy, "WORLD", {**toy.WORLD, "n_distractors": 2})       # the world the cache was built in
+    assert os.path.basename(toy.toy_model(toy.TEACHER, "teacher")) in cached
+    version = toy.code_version()
+    monkeypatch.setattr(toy, "CODE", toy.CODE + ("gate.py",))                    # other code: another version
+    assert toy.code_version() != version
+    assert os.path.basename(toy.toy_model(toy.TEACHER, "teacher")) not in cached
 
 
 def test_results_table_and_plot(tiny_toy, monkeypatch):
