@@ -62,12 +62,12 @@ class _Attention(DynamicLayer):
             return key_states, value_states
         return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
 
-    def advanced(self, rows):
-        # past + added, at the given rows: the past of the next chunk.
+    def advanced(self):
+        # past + added: the past of the next chunk.
         keys, values = self.added
         if self.get_seq_length() > 0:
             keys, values = torch.cat([self.keys, keys], -2), torch.cat([self.values, values], -2)
-        return _Attention(keys[rows], values[rows])
+        return _Attention(keys, values)
 
 
 class _Recurrent(LinearAttentionLayer):
@@ -91,15 +91,16 @@ class _Recurrent(LinearAttentionLayer):
         # what we return (past window + new) and keeps the last L outputs.
         full = conv_states if not self.has_previous_state[0] else torch.cat([self.conv_states[0], conv_states], -1)
         kernel = conv_kernel_size or self.conv_kernel_size[0]
-        self.added_conv = F.pad(full, (max(0, kernel - full.shape[-1]), 0))[..., -kernel:]   # the next window
+        # The next window, copied out: a view would keep this chunk's whole [n, channels, L] input alive.
+        self.added_conv = F.pad(full, (max(0, kernel - full.shape[-1]), 0))[..., -kernel:].contiguous()
         return full
 
     def update_recurrent_state(self, recurrent_states, state_idx=0, **kwargs):
         self.added_recurrent = recurrent_states      # [n, heads, dk, dv], the state after this chunk
         return recurrent_states
 
-    def advanced(self, rows):
-        return _Recurrent(self.added_conv[rows], self.added_recurrent[rows])
+    def advanced(self):
+        return _Recurrent(self.added_conv, self.added_recurrent)
 
 
 class Prefix(Cache):
@@ -190,8 +191,7 @@ def encode(model, chunk, *, past=None, rows=None, hold_last=False):
     if not bool(torch.isfinite(logits).all()):     # a cheap check of the whole forward: [n, 1, V]
         raise FloatingPointError("the model's outputs are not finite")
     next_pos = positions.amax(dim=(0, 2)) + 1                                       # [n]
-    every = torch.arange(n, device=device)
-    return Prefix([layer.advanced(every) for layer in past.layers], mask, next_pos, tail)
+    return Prefix([layer.advanced() for layer in past.layers], mask, next_pos, tail)
 
 
 def score(model, prefix, rows, answer_ids, answer_mask, *, max_tokens=None):
@@ -270,12 +270,12 @@ def enable_gradient_checkpointing(model):
 def packs(costs, budget):
     """Split items (prompts, groups) into consecutive packs whose costs (token positions a forward
     holds) sum to at most `budget`; an item above the budget alone is a pack of its own. None: one pack."""
-    out = []
+    out, total = [], 0          # total: the cost of the last pack
     for i, cost in enumerate(costs):
-        if out and (budget is None or out_cost + cost <= budget):
+        if out and (budget is None or total + cost <= budget):
             out[-1].append(i)
-            out_cost += cost
+            total += cost
         else:
             out.append([i])
-            out_cost = cost
+            total = cost
     return out

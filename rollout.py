@@ -94,7 +94,7 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
                  pad_token_id=gen_cfg.pad_token_id, suppress_tokens=vision_token_ids(processor))  # could not be re-scored
     # Packs of prompts per generate call; per-prompt seeds: one prompt per call.
     packs_ = [[b] for b in range(num_prompts)] if per_prompt_seeds else \
-        packs([G * (prompts["input_ids"].shape[1] + max_new_tokens)] * num_prompts, max_tokens)
+        packs([G * (int(n) + max_new_tokens) for n in prompts["attention_mask"].sum(1)], max_tokens)
 
     was_training = net.training
     net.eval()
@@ -130,9 +130,11 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
         # drawn from softmax(logits / temperature), but old_logp is still the policy's own
         # (temperature 1) log-prob, the quantity the loss differentiates: the ratio is pi_new / pi_old
         # of the policy, not an importance weight against the tempered sampling distribution.
-        old_logp = torch.cat([_score(net, prefix, rows, response_ids[part], response_mask[part], max_tokens=max_tokens)
-                              for (prefix, rows, _), part in zip(parts, torch.arange(len(response_ids)).split(
-                                  [len(rows) for _, rows, _ in parts]))]) if score else None
+        old_logp = None
+        if score:
+            answers = torch.arange(len(response_ids)).split([len(rows) for _, rows, _ in parts])   # per pack
+            old_logp = torch.cat([_score(net, prefix, rows, response_ids[a], response_mask[a], max_tokens=max_tokens)
+                                  for (prefix, rows, _), a in zip(parts, answers)])
     net.train(was_training)
 
     lengths = response_mask.sum(dim=1).float()

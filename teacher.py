@@ -101,9 +101,11 @@ class Teacher:
         starts = crop_starts(crop_prompts) if crop_views else None
         # Examples in packs whose answer forwards hold at most max_tokens positions in all. A sharded
         # teacher runs as many forwards on every rank (parallel.lockstep).
-        width = max(p["input_ids"].shape[1] for p in (plain, crop_prompts) if p is not None)
+        # An example's cost: its views' answers, each row as long as its prompt + the answers.
+        lengths = [p["attention_mask"].sum(1).view(-1, B) for p in (plain, crop_prompts) if p is not None]
+        width = torch.cat(lengths).amax(0).tolist()                                 # [B] longest view prompt
         with lockstep(self.model):
-            for pack in packs([len(views) * G * (width + T)] * B, self.max_tokens):
+            for pack in packs([len(views) * G * (w + T) for w in width], self.max_tokens):
                 answers = torch.cat([torch.arange(b * G, (b + 1) * G) for b in pack])    # rollout rows [m*G]
                 rows = torch.arange(len(pack)).repeat_interleave(G)                      # their prompt in the pack
                 if plain is not None:
@@ -142,6 +144,7 @@ class Teacher:
                          mask[answer_rows], max_tokens=self.max_tokens)                # [len(same)*G, T]
             for k, j in enumerate(same):
                 out[crop_views[rest_rows[j][0]]][answer_rows[k * G:(k + 1) * G]] = logp[k * G:(k + 1) * G]
+
 
 def _to(inputs, device):
     return {k: v.to(device) for k, v in inputs.items()}
