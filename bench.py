@@ -184,7 +184,7 @@ def main(argv=None):
     teacher_P = vlm.teacher_prompts(teacher_processor, fulls, pos, questions)["input_ids"].shape[1]
     print(f"{args.family} tiny, {device.type}, {torch.get_num_threads()} threads: B = {B} prompts of {P} tokens "
           f"(teacher {teacher_P}), G = {G}, answers of {ids.shape[1]} tokens\n")
-    header = f"| phase | path | seconds | vision rows | LM tokens | peak MiB |"
+    header = "| phase | path | seconds | vision rows | LM tokens | peak MiB |"
     print(header + "\n|---|---|---:|---:|---:|---:|")
     totals = {}
     for phase in ("rollout", "old log-probs", "teacher", "update"):

@@ -11,12 +11,16 @@ with the exact training state beside them, written atomically, pruned to the las
       trainer.pt          step and the RNG state of every rank
       train_config.json   the run's Config
 
+    ckpt = open_run(out_dir, cfg_dict, free, resume, overwrite, rank)   # a fresh start or a resume?
+    step = restore(ckpt, model, master, optimizer, rank, device)
+    log = MetricsLog(out_dir, step, rank); log.append({"step": step + 1, ...})
     save(out_dir, step, cfg_dict, model, processor, master, optimizer, rank, compute_dtype, keep_last)
-    ckpt = latest(out_dir); step = restore(ckpt, model, master, optimizer, rank, device)
 
 A checkpoint is written to ckpt-NNNNNN.tmp and renamed when complete: a killed run never leaves a
 half checkpoint under a name `latest` reads. (With several nodes, out_dir must be on a shared
-filesystem: every rank writes its part of train_state/ into the same directory.)
+filesystem: every rank writes its part of train_state/ into the same directory.) A run may resume
+on another number of ranks: the sharded state is re-cut on load (DCP), the data of a step is the
+same global batch.
 """
 
 import json
@@ -113,10 +117,11 @@ def restore(ckpt, model, master, optimizer, rank, device):
         dcp.load(state, checkpoint_id=os.path.join(ckpt, "train_state"), no_dist=not dist.is_initialized())
     master.publish()                      # bf16 model weights = the restored fp32 master, rounded
     trainer = torch.load(os.path.join(ckpt, "trainer.pt"), map_location="cpu", weights_only=False)
-    rng = trainer["rng"][rank]
-    torch.set_rng_state(rng["cpu"])
-    if rng["cuda"] is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"])
+    if rank < len(trainer["rng"]):       # a rank the saved run did not have keeps its seeded RNG
+        rng = trainer["rng"][rank]
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"])
     return trainer["step"]
 
 

@@ -8,7 +8,7 @@ model without FSDP, and the few cross-rank reductions a step needs. torch only;
     shard_fsdp(model)                      # FSDP2: every transformer block its own unit, then the root
     with lockstep(teacher_model): ...      # a sharded model: every rank runs as many forwards
     with gathered(model):                  # FSDP2: parameters gathered once, for a whole phase
-        ...                                # (sampling, an update micro-batch): no per-forward collectives
+        ...                                # (sampling, an update mini-batch): no per-forward all-gather
     total, = all_sum([x], device)          # a list of floats summed (or max-ed) over ranks
 
 Why `gathered`: FSDP2 gathers a unit's parameters at each forward of it and frees them after.
