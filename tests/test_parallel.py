@@ -7,7 +7,6 @@ forwards; and both give what one process with the unsharded models gives.
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from PIL import Image
 import model as M
 from rollout import sample
 from teacher import Teacher
+from test_train import finish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 G, NEW = 3, 6
@@ -49,12 +49,7 @@ def run_two_ranks(script, timeout=240):
         proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                                  "--no-python", sys.executable, "-c", script, ROOT, out], env=env, cwd=ROOT, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            log, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
-        assert proc.returncode == 0, log[-3000:]
+        finish(proc, timeout)
         return [json.load(open(os.path.join(out, f"{rank}.json"))) for rank in range(2)]
 
 

@@ -169,7 +169,7 @@ def test_each_image_is_encoded_once_per_phase(tmp_path, monkeypatch):
     cfg = train.parse_args(["--student", "tiny:qwen2_5_vl", "--teacher", "tiny:qwen2_5_vl@1", "--group-size", "4",
                             "--prompts-per-step", "4", "--max-new-tokens", "5", "--out-dir", str(tmp_path)])
     student, processor, teacher, optimizer, master = train.build(cfg, 0, 1, torch.device("cpu"))
-    counts, phases = {}, []
+    counts = {}
     s_count, t_count = Counter(student.model), Counter(teacher.model)
     real_replay, real_sample = teacher.replay, train.sample
 

@@ -86,7 +86,6 @@ def test_response_mask_from_hand_case():
 
 
 def test_vision_tokens_are_never_sampled():
-    vocab = None
     net, proc = biased_tiny(torch.tensor([0]), 0.0, seed=3)
     vision = vlm.vision_token_ids(proc)
     net.lm_head.bias.data[vision] = 6.0                  # nearly every step would pick one
