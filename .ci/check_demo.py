@@ -3,7 +3,7 @@ builds the toy models from scratch, and fail if the base or the V-Zero student's
 it prints differs from the numbers the README states by more than 2 points.
 
     python .ci/check_demo.py
-The README states them in a marker beside its prose: <!-- demo: base 58.2 vzero 66.8 -->
+The README states them in a marker beside its prose: <!-- demo: base B vzero V --> (percent)
 """
 
 import os
