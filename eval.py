@@ -70,6 +70,7 @@ import answer_rules
 import benchmarks
 import data
 import model as vlm
+import parallel
 from gate import auroc, evidence_gate, group_advantages, trajectory_scores
 from judge import Judge, said_yes
 from judge import MAX_NEW_TOKENS as JUDGE_MAX_NEW_TOKENS
@@ -651,9 +652,9 @@ def _peak_memory(device):
 
 def main(argv=None):
     args = parse_args(argv)
-    rank, _, device = vlm.setup_distributed()
+    rank, _, device = parallel.setup_distributed()
     run(args, rank, device)
-    vlm.end_distributed()     # after run() has released the models; after an error torchrun stops the others
+    parallel.end_distributed()     # after run() has released the models; after an error torchrun stops the others
 
 
 def run(args, rank, device):

@@ -21,7 +21,6 @@ Use:
 Tests: `python -m pytest -q tests/test_model.py`.
 """
 
-import gc
 import json
 import os
 import re
@@ -259,39 +258,6 @@ def set_pixel_bounds(processor, min_pixels=None, max_pixels=None):
         raise ValueError(f"need 0 < min_pixels <= max_pixels, got {lo} and {hi}")
     processor.image_processor.size = {"shortest_edge": lo, "longest_edge": hi}
     return lo, hi
-
-
-# The standard processor of each family: what AutoProcessor, vLLM and evaluation toolkits load.
-STANDARD_PROCESSORS = {"qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLVideoProcessor"),
-                       "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor"),
-                       "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
-                       "qwen3_vl_moe": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
-                       "qwen3_5": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor"),
-                       "qwen3_5_moe": ("Qwen3VLProcessor", "Qwen3VLVideoProcessor")}
-
-
-def save_model_dir(model, processor, path, state_dict=None):
-    """Write a model directory of the model's own family: weights (safetensors), config, generation
-    config, tokenizer, chat template, and the processor under its family's standard class, so
-    `AutoModelForImageTextToText` and `AutoProcessor` (with torchvision), vLLM and evaluation
-    toolkits load it like a hub checkpoint; `load` reads it everywhere. state_dict: the weights to
-    write (e.g. gathered from FSDP2 shards); default the model's own."""
-    model.save_pretrained(path, state_dict=state_dict)
-    processor.save_pretrained(path)
-    # Our image-only processor class is this project's (it exists because the stock ones need
-    # torchvision for video); the files name the family's class and describe its video processor
-    # (the family's defaults for everything but the patch geometry, which images and videos share).
-    config_path = os.path.join(path, "processor_config.json")
-    with open(config_path) as f:
-        config = json.load(f)
-    processor_class, video_class = STANDARD_PROCESSORS[model.config.model_type]
-    image = config["image_processor"]
-    config["processor_class"] = processor_class
-    config["video_processor"] = {"video_processor_type": video_class, "processor_class": processor_class,
-                                 **{k: image[k] for k in ("patch_size", "temporal_patch_size", "merge_size",
-                                                          "image_mean", "image_std")}}
-    with open(config_path, "w") as f:
-        json.dump(config, f, indent=2)
 
 
 def _finish(model, processor):
@@ -540,29 +506,3 @@ def check_compatible(student_processor, teacher_processor):
     if probe_student != probe_teacher:
         raise ValueError(f"student and teacher chat templates render a probe prompt differently:\n"
                          f"student: {probe_student!r}\nteacher: {probe_teacher!r}")
-
-
-# ----------------------------------------------------------------------------------------------
-def setup_distributed():
-    """(rank, world size, device) from torchrun's environment (RANK / WORLD_SIZE / LOCAL_RANK):
-    nccl on GPUs, gloo on CPUs. A plain `python` process is a world of one and starts no group."""
-    cuda = torch.cuda.is_available()
-    if "RANK" not in os.environ:
-        return 0, 1, torch.device("cuda" if cuda else "cpu")
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(device)  # before init: nccl's object collectives use the current device
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
-
-
-def end_distributed():
-    """Leave the process group once every rank is done with it, and after the models that use it
-    are gone (call it outside the function that held them): with gloo, a rank that tears the group
-    down while another still talks to it, or while a DDP / FSDP2 model still holds it, aborts at
-    exit ("terminate called without an active exception", 1 run in 5 here). After an error, don't
-    call it: the others may never arrive; torchrun stops them."""
-    if torch.distributed.is_initialized():
-        gc.collect()                     # models caught in reference cycles go now, not at exit
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()

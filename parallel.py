@@ -1,9 +1,10 @@
 """
 How the models are spread over ranks and kept in precision: FSDP2 sharding (with bf16 compute over
 fp32 shards) and loading, gathering sharded parameters for a phase, fp32 master weights for a bf16
-model without FSDP, and the few cross-rank reductions a step needs. torch only;
-`model.setup_distributed` starts the process group.
+model without FSDP, the few cross-rank reductions a step needs, and the process group's start and
+end. torch only.
 
+    rank, world, device = setup_distributed()          # torchrun's environment, or a world of one
     model, proc = load_sharded(load, rank, device, torch.bfloat16)   # read once per node, sharded
     shard_fsdp(model)                      # FSDP2: every transformer block its own unit, then the root
     with lockstep(teacher_model): ...      # a sharded model: every rank runs as many forwards
@@ -20,6 +21,8 @@ solved by gathering once for the phase and freeing once after it.
 """
 
 import contextlib
+import gc
+import os
 
 import torch
 import torch.distributed as dist
@@ -166,3 +169,28 @@ def all_sum(values, device, op=dist.ReduceOp.SUM):
     if dist.is_initialized():
         dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def setup_distributed():
+    """(rank, world size, device) from torchrun's environment (RANK / WORLD_SIZE / LOCAL_RANK):
+    nccl on GPUs, gloo on CPUs. A plain `python` process is a world of one and starts no group."""
+    cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)  # before init: nccl's object collectives use the current device
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def end_distributed():
+    """Leave the process group once every rank is done with it, and after the models that use it
+    are gone (call it outside the function that held them): with gloo, a rank that tears the group
+    down while another still talks to it, or while a DDP / FSDP2 model still holds it, aborts at
+    exit ("terminate called without an active exception", 1 run in 5 here). After an error, don't
+    call it: the others may never arrive; torchrun stops them."""
+    if dist.is_initialized():
+        gc.collect()                     # models caught in reference cycles go now, not at exit
+        dist.barrier()
+        dist.destroy_process_group()

@@ -149,7 +149,7 @@ def supervised(run: Supervised, out_dir: str):
         bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     tmp = out_dir + ".tmp"
-    vlm.save_model_dir(model, processor, tmp)
+    checkpoint.save_model_dir(model, processor, tmp)
     with open(os.path.join(tmp, "toy_run.json"), "w") as f:
         json.dump(_settings(run), f, indent=1)
     os.replace(tmp, out_dir)                   # atomic: a killed build leaves no half model

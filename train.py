@@ -46,7 +46,8 @@ import data  # noqa: E402
 import model as vlm  # noqa: E402
 from gate import auroc, evidence_gate  # noqa: E402
 from loss import opd_loss  # noqa: E402
-from parallel import MasterWeights, all_sum, fp32_allreduce, gathered, load_sharded, sync_grads  # noqa: E402
+from parallel import (MasterWeights, all_sum, end_distributed, fp32_allreduce, gathered, load_sharded,  # noqa: E402
+                      setup_distributed, sync_grads)
 from prefix import GroupScorer, enable_gradient_checkpointing, packs  # noqa: E402
 from rollout import decode, sample, unwrap  # noqa: E402
 from teacher import Teacher  # noqa: E402
@@ -415,9 +416,9 @@ def main(argv=None):
     if not argv:            # `python train.py`: the CPU demo on the zoom world, which is toy.py's
         return runpy.run_module("toy", run_name="__main__")     # (toy imports train, not the other way)
     cfg = parse_args(argv, description=__doc__)
-    rank, world, device = vlm.setup_distributed()
+    rank, world, device = setup_distributed()
     train(cfg, rank, world, device)
-    vlm.end_distributed()
+    end_distributed()
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ SCRIPT = textwrap.dedent("""
     from rollout import sample
     from teacher import Teacher
     from test_parallel import rank_data, G, NEW
-    rank, world, device = M.setup_distributed()
+    rank, world, device = parallel.setup_distributed()
     student, proc = M.load("tiny:qwen2_5_vl")
     teacher_model, _ = M.load("tiny:qwen2_5_vl@1")
     parallel.shard_fsdp(student)
@@ -91,7 +91,7 @@ SCRIPT = textwrap.dedent("""
                                 "old_logp": ro.old_logp.tolist(), "pos": lp["pos"].tolist(), "neg": lp["neg"].tolist()},
               open(f"{sys.argv[2]}/{rank}.json", "w"))
     del student, teacher_model
-    M.end_distributed()
+    parallel.end_distributed()
 """)
 
 
@@ -120,7 +120,7 @@ PRECISION_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import data, model as M, parallel, prefix, train
     from rollout import unwrap
-    rank, world, device = M.setup_distributed()
+    rank, world, device = parallel.setup_distributed()
     # Every key/value the caches receive, in generate (transformers' layers) and in our prefixes.
     seen = set()
     for cls in (DynamicLayer, prefix._Attention):
@@ -143,7 +143,7 @@ PRECISION_SCRIPT = textwrap.dedent("""
             "teacher": sorted({str(p.dtype) for p in teacher.model.parameters()}), "loss": metrics["loss"]}
         del student, teacher, optimizer, master
     json.dump(out, open(f"{sys.argv[2]}/{rank}.json", "w"))
-    M.end_distributed()
+    parallel.end_distributed()
 """)
 
 
@@ -165,7 +165,7 @@ LOAD_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import model as M, parallel
     from functools import partial
-    rank, world, device = M.setup_distributed()
+    rank, world, device = parallel.setup_distributed()
     model, _ = parallel.load_sharded(partial(M.load, "tiny:qwen3_5@4"), rank, device)
     full = {k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in model.state_dict().items()}
     buffers = dict(model.named_buffers())
@@ -175,7 +175,7 @@ LOAD_SCRIPT = textwrap.dedent("""
         "buffers_equal": all(torch.equal(buffers[k], v) for k, v in reference.named_buffers())},
         open(f"{sys.argv[2]}/{rank}.json", "w"))
     del model, buffers, full
-    M.end_distributed()
+    parallel.end_distributed()
 """)
 
 
