@@ -242,8 +242,8 @@ def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank
         # Global normalisers, summed over ranks: token-mean divides by ALL tokens of the mini-batch.
         num_tokens, num_seqs = all_sum([mask[rows].sum().item(), (mask[rows].sum(1) > 0).sum().item()], device)
         micro = micro_batches(groups, prompt_lens, G, mask.shape[1], cfg.update_tokens)
-        # Every rank runs as many micro-batches (sharded parameters are gathered in each forward,
-        # in lockstep): a rank with fewer repeats its last one with a loss weight of 0.
+        # Every rank runs as many micro-batches (FSDP2 reduce-scatters gradients in each backward,
+        # the ranks together): a rank with fewer repeats its last one with a loss weight of 0.
         count, = all_sum([len(micro)], device, op=dist.ReduceOp.MAX)
         micro += [(micro[-1][0], micro[-1][1], 0.0)] * (int(count) - len(micro))
         optimizer.zero_grad(set_to_none=True)
@@ -274,8 +274,8 @@ def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank
             optimizer.step()
             master.publish()                     # the stepped fp32 weights back into the bf16 model
             # Cheap, and it names the step: a finite gradient can still step weights to inf / NaN.
-            broken, = all_sum([sum(int(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
-                                   for p in master.params)], device)
+            shards = [p.to_local() if hasattr(p, "to_local") else p for p in master.params]
+            broken, = all_sum([int(sum(~torch.isfinite(p).all() for p in shards))], device)   # one sync
             if broken:
                 raise RuntimeError(f"step {step + 1}, update {m + 1}: the optimizer step made {int(broken)} weight "
                                    f"tensor(s) non-finite (lr {cfg.lr}). The last checkpoint is intact: resume from "

@@ -185,3 +185,19 @@ def test_an_image_that_fails_mid_run_names_its_row_and_can_be_skipped(tmp_path):
         run(tmp_path / "strict", *args)
     history = run(tmp_path / "skip", *args, "--skip-bad-images")
     assert history[0]["data/bad_images"] == 1
+
+
+def test_an_update_that_leaves_non_finite_weights_stops_the_run_naming_the_step(tmp_path, monkeypatch):
+    real_step = torch.optim.AdamW.step
+    calls = []
+
+    def step_then_break(self, *args, **kwargs):          # the 3rd optimizer step (step 2, update 1) ends with a NaN
+        out = real_step(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            self.param_groups[0]["params"][0].data[0] = float("nan")
+        return out
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_break)
+    with pytest.raises(RuntimeError, match="step 2, update 1: the optimizer step made 1 weight tensor"):
+        run(tmp_path, "--max-steps", "3")
+    assert [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")] == [1]   # step 2 never logged
