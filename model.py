@@ -6,9 +6,10 @@ Paper parts (arXiv 2606.25319, see docs/method.md):
   - the three views (sec. 1, 5): the student prompt x = [full image, question]; the teacher prompts
     (x, z+) and (x, z-) = [full image, crop, one sentence about the crop, question]. All wording is
     in the constants below; z+ and z- prompts differ ONLY in the crop pixels.
-  - the three-view replay (Alg. 1 lines 8-10, Eqs. 8, 15-16, 23): `sequence_logprobs` gives
-    log pi(y_k | prompt, y_<k) for every response token k with one forward pass, scoring only
-    response positions (`logits_to_keep`) and taking the log-softmax in fp32, in chunks.
+  - the three-view replay (Alg. 1 lines 8-10, Eqs. 8, 15-16, 23): log pi(y_k | prompt, y_<k) of
+    every answer token, scoring only answer positions (`logits_to_keep`), the log-softmax in fp32
+    in chunks (`answer_logprobs`). The path training uses encodes each prompt once (prefix.py);
+    `repeated_prompt_logprobs`, the prompt repeated per answer, is its reference in the tests.
   - the pitfalls of docs/method.md sec. 8: exact alignment (first AND last token), vision tokens never
     sampled (`vision_token_ids`), same tokenizer and template for student and teacher
     (`check_compatible`), no full-vocabulary logits for prompt positions.
@@ -17,7 +18,7 @@ Use:
     model, processor = load("Qwen/Qwen3-VL-2B-Instruct", dtype=torch.bfloat16, device="cuda")
     model, processor = load("tiny:qwen2_5_vl")          # offline, random weights, ~0.5M params
     prompts = student_prompts(processor, [image], ["What colour is the cup?"])
-    logp = sequence_logprobs(model, select_prompts(prompts, [0] * G), response_ids, response_mask)
+    logp = repeated_prompt_logprobs(model, prompts, [0] * G, answer_ids, answer_mask)   # the reference
 Tests: `python -m pytest -q tests/test_model.py`.
 """
 
@@ -78,6 +79,7 @@ FAMILIES = {"qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", 14),
 # size -> (hidden, layers, heads, kv heads, MLP width), one shape for the text and vision towers.
 # tiny: ~0.5M parameters, for tests; small: ~9M, for the CPU demo.
 SIZES = {"tiny": (64, 2, 4, 2, 128), "small": (256, 4, 4, 2, 768)}
+TINY_SPEC = re.compile(r"(tiny|small):(\w+?)(?:@(\d+))?")     # "SIZE:FAMILY[@SEED]", e.g. tiny:qwen3_5@1
 SUPPORTED_MODEL_TYPES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"}
 
 
@@ -201,7 +203,7 @@ def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, t
     device="meta" builds the model without reading any weight (see parallel.load_sharded).
     min_pixels / max_pixels override the image processor's bounds (see `set_pixel_bounds`)."""
     meta = torch.device(device).type == "meta"
-    spec = re.fullmatch(r"(tiny|small):(\w+?)(?:@(\d+))?", name)
+    spec = TINY_SPEC.fullmatch(name)
     if spec:
         size, family, seed = spec.group(1), spec.group(2), int(spec.group(3) or 0)
         model, processor = build_tiny(family, size, seed, device="meta" if meta else "cpu")
@@ -235,7 +237,7 @@ def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, t
 def check_model_name(name):
     """Refuse, without touching the network, a model name that cannot be loaded: a malformed tiny
     spec, or a path that does not exist (transformers would take it for a hub id and retry for 30 s)."""
-    if re.fullmatch(r"(tiny|small):(\w+?)(?:@(\d+))?", name):
+    if TINY_SPEC.fullmatch(name):
         return
     if ":" in name and not name.startswith(("/", ".")):
         raise ValueError(f"bad tiny model spec {name!r}: expected SIZE:FAMILY[@SEED] with SIZE in {sorted(SIZES)}"
@@ -358,6 +360,15 @@ def teacher_prompts(processor, full_images, crops, questions, *, pixels=None):
                           [f"{TEACHER_CROP_NOTE}\n{q}" for q in questions], pixels=pixels)
 
 
+def image_runs(token_types):
+    """[L] mm_token_type_ids of one row -> ([first token], [last token]) of each image's run of image
+    tokens (type 1), in order; two images' runs are separated by <|vision_end|><|vision_start|>."""
+    image = token_types.cpu() == 1
+    starts = (image & ~F.pad(image, (1, 0))[:-1]).nonzero().flatten().tolist()
+    ends = (image & ~F.pad(image, (0, 1))[1:]).nonzero().flatten().tolist()
+    return starts, ends
+
+
 def select_prompts(inputs, rows, *, start=None, stop=None):
     """Prompt rows in the given order, repetition allowed ([0]*G + [1]*G ... repeats each prompt for
     its G siblings; a slice of rows is a micro-batch), re-padded on the left.
@@ -401,11 +412,8 @@ def select_prompts(inputs, rows, *, start=None, stop=None):
             raise ValueError(f"row {r}: the cut [{a}, {b}) holds no token")
         pieces.append({k: inputs[k][r][real][keep] for k in ("input_ids", "mm_token_type_ids") if k in inputs})
         if has_images:
-            row_image = mm[r][real].cpu() == 1
-            run_start = (row_image & ~F.pad(row_image, (1, 0))[:-1]).nonzero().flatten().tolist()
-            run_end = (row_image & ~F.pad(row_image, (0, 1))[1:]).nonzero().flatten().tolist()
             lo, hi = int(keep[0]), int(keep[-1]) + 1
-            for j, (s, e) in enumerate(zip(run_start, run_end)):
+            for j, (s, e) in enumerate(zip(*image_runs(mm[r][real]))):
                 if lo <= s and e < hi:
                     images.append(int(first_image[r]) + j)
                 elif s < hi and e >= lo:

@@ -27,7 +27,7 @@ Memory: `max_tokens` bounds the token positions one forward holds (rows x column
 
 import torch
 
-from model import check_compatible, select_prompts, student_prompts, teacher_prompts
+from model import check_compatible, image_runs, select_prompts, student_prompts, teacher_prompts
 from parallel import lockstep
 from prefix import encode, packs, score
 
@@ -39,8 +39,7 @@ def crop_starts(prompts):
     where (x, z+) and (x, z-) begin to differ. [B] list of ints."""
     starts = []
     for mm, real in zip(prompts["mm_token_type_ids"], prompts["attention_mask"].bool()):
-        image = mm[real] == 1
-        runs = (image & ~torch.nn.functional.pad(image, (1, 0))[:-1]).nonzero().flatten().tolist()
+        runs, _ = image_runs(mm[real])
         if len(runs) != 2:
             raise ValueError(f"a teacher prompt holds {len(runs)} images; expected the full image and the crop")
         starts.append(runs[1])
