@@ -136,7 +136,7 @@ def main(argv=None):
         with torch.no_grad():
             return student.generate(**repeated_prompts, **knobs)[:, repeated_prompts["input_ids"].shape[1]:]
     ro, results[("rollout", "shared")] = measure(lambda: sample(student, processor, prompts, group_size=G, max_new_tokens=T,
-                                                               seed=0, score=False), args.repeats, device, [s_count])
+                                                               seed=0, old_logp=False), args.repeats, device, [s_count])
     ids_rep, results[("rollout", "repeated")] = measure(rollout_repeated, args.repeats, device, [s_count])
     checks["rollout: identical sampled tokens"] = bool(torch.equal(ro.response_ids, ids_rep))
     ids, mask = ro.response_ids, ro.response_mask

@@ -28,11 +28,9 @@ class Config:
     train_data: str = arg("synthetic:2048:0", "*.jsonl, the authors' *.parquet, or synthetic:N:SEED")
     out_dir: str = arg("out/vzero", "metrics.jsonl and checkpoints go here", free=True)
     # the method
-    method: str = arg("vzero", "vzero: gated OPD; opd: weights 1, teacher sees (x, z+); opd-plain: "
-                      "weights 1, teacher sees x only (the paper's no-gate ablation is ambiguous)",
-                      choices=("vzero", "opd", "opd-plain"))
-    pos_view: str = arg("box", "z+: box = crop of the annotated box; random = the paper's harmful "
-                        "random-crop ablation", choices=data.POS_MODES)
+    method: str = arg("vzero", "vzero: gated OPD (the paper); opd: weights 1, teacher sees (x, z+); opd-plain: "
+                      "weights 1, teacher sees x only (the paper's no-gate ablation is ambiguous); vzero-random: z+ "
+                      "cut at a random place (the paper's harmful ablation). Each is defined once, in method.py")
     neg_view: str = arg("paper", "z-: paper = same-size crop away from the box in the 2x-downsampled "
                         "image; downsample = the release's alternative", choices=data.NEG_MODES)
     crop_margin: float = arg(0.0, "z+ margin, a fraction of the box size on each side", min=0)

@@ -71,9 +71,11 @@ import benchmarks
 import data
 import model as vlm
 import parallel
-from gate import auroc, evidence_gate, group_advantages, trajectory_scores
+from config import Config
+from gate import auroc, group_advantages, trajectory_scores
 from judge import Judge, said_yes
 from judge import MAX_NEW_TOKENS as JUDGE_MAX_NEW_TOKENS
+from method import METHODS, views_of
 from rollout import decode, sample
 from teacher import Teacher
 
@@ -204,7 +206,7 @@ def respond(model, processor, images, questions, *, max_new_tokens=MAX_NEW_TOKEN
     # The one sampler of the project (rollout.py): it stops at EOS and never emits vision tokens.
     greedy = temperature == 0
     knobs = {} if greedy else dict(temperature=temperature, top_p=top_p, seed=seeds)
-    ro = sample(model, processor, prompts, group_size=1, max_new_tokens=max_new_tokens, greedy=greedy, score=False,
+    ro = sample(model, processor, prompts, group_size=1, max_new_tokens=max_new_tokens, greedy=greedy, old_logp=False,
                 **knobs)
     return list(zip(decode(processor, ro), ro.truncated.tolist()))  # ro.response_ids [B, T]
 
@@ -308,36 +310,66 @@ def judge_records(judge, examples, records, *, batch_size=8, max_new_tokens=JUDG
 # ----------------------------------------------------------------------------------------------
 # Gate diagnostics (evaluation only: answers are read here, never by training).
 
+# The settings of a method that the diagnostics take from the checkpoint's run (train_config.json).
+GATE_SETTINGS = ("method", "group_size", "gate_alpha", "gate_gamma", "gate_w_min", "gate_w_max", "neg_view",
+                 "crop_margin", "crop_min_side")
+
+
+def gate_settings(args):
+    """(Config, where from): the settings of the run that made --model (its train_config.json, as
+    train.py writes it into each checkpoint), else the defaults, then the explicit flags over them.
+    The diagnostics must run the method the model was trained with: a run with --gate-alpha 1, or a
+    forker's gate variant, is diagnosed with its own gate, not the paper's."""
+    path = Path(args.model) / "train_config.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    known = {f.name for f in dataclasses.fields(Config)}
+    settings = Config(**{k: v for k, v in saved.items() if k in known})
+    where = str(path) if saved else "the defaults (no train_config.json beside --model)"
+    flags = {k: getattr(args, k) for k in GATE_SETTINGS if getattr(args, k, None) is not None}
+    if flags:
+        settings = dataclasses.replace(settings, **flags)
+        where += "; flags: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in flags.items())
+    if settings.method not in METHODS:
+        raise ValueError(f"gate diagnostics: method {settings.method!r} (from {where}) is not one of {sorted(METHODS)}")
+    return settings, where
+
+
 @torch.no_grad()
-def gate_diagnostics(model, processor, teacher, examples, bench="zoom", *, rules="official", group_size=8,
-                     batch_size=4, max_new_tokens=MAX_NEW_TOKENS, neg_mode="paper", seed=0, explain=0,
-                     progress=False, distributed=None):
-    """Does the gate's evidence contrast track correctness? As in a training step: G responses per
-    example sampled at temperature 1 from the full image, replayed by the teacher under (x, z+) and
-    (x, z-); then the per-response mean Delta (Eq. 18's p) of correct vs wrong rollouts, and the
-    AUROC of the gate weight w (Eq. 20, default knobs) and of p as detectors of correctness.
-    Returns (summary, one record per rollout); the records of examples with index < explain also
-    carry their tokens and token Deltas (for explain_page)."""
+def gate_diagnostics(model, processor, teacher, examples, bench="zoom", *, settings=None, rules="official", batch_size=4,
+                     max_new_tokens=MAX_NEW_TOKENS, seed=0, explain=0, progress=False, distributed=None):
+    """Does the gate's evidence contrast track correctness? As in a training step of the run whose
+    `settings` (a train.Config; default: the defaults) are given: G responses per example sampled
+    at temperature 1 from the full image, replayed by the teacher under the method's views and
+    (x, z+), (x, z-), weighted by the method's own weights (method.py). Then per response the
+    mean Delta (Eq. 18's p, with the run's gamma) of correct vs wrong rollouts, and the AUROC of
+    the weight w and of p as detectors of correctness. seed: the sampling seed. Returns (summary,
+    one record per rollout); the records of examples with index < explain also carry their tokens
+    and token Deltas (for explain_page)."""
+    settings = settings or Config()
+    method, G = METHODS[settings.method], settings.group_size
+    views = tuple(dict.fromkeys(method.views + ("pos", "neg")))        # the method's, and the contrast's
     for ex in examples:
         if ex.answer is None or (ex.bbox is None and ex.pos_crop is None):
             raise ValueError(f"gate diagnostics: example {ex.id} needs an answer and a box (fields answer, bbox); "
                              "use data with both, e.g. the zoom world, the project JSONL or V* with its sidecars")
     rank, world_size = _world(distributed)
     share, padded = _share(len(examples), rank, world_size)
-    G, records = group_size, []
+    records = []
     for start in tqdm(range(0, len(padded), batch_size), desc="gate", disable=not (progress and rank == 0)):
         idx = padded[start:start + batch_size]
         batch = [examples[i] for i in idx]
-        full, pos, neg = (list(v) for v in zip(*(data.evidence_views(ex, neg_mode, seed=seed) for ex in batch)))
+        full, pos, neg = (list(v) for v in zip(*(views_of(ex, settings) for ex in batch)))
         questions = [ex.question for ex in batch]  # the teacher gets the student's question text
         # One seed per example: the same rollouts whatever the number of ranks or the batch size.
         ro = sample(model, processor, vlm.student_prompts(processor, full, questions), group_size=G,
                     max_new_tokens=max_new_tokens, seed=[seed * 1_000_003 + i for i in idx])
-        lp = teacher.replay(ro, full, questions, pos_crops=pos, neg_crops=neg)  # {view: [B*G, T]}
+        lp = teacher.replay(ro, prompts=teacher.prompts(full, questions, pos_crops=pos, neg_crops=neg, views=views))
         mask = ro.response_mask.to(lp["pos"].device)
-        w, _ = evidence_gate(lp["pos"], lp["neg"], mask, G)                       # [B*G] Eq. 20
+        w, _ = method.weights(lp, mask, G, settings)                     # [B*G], or [B*G, T] for token weights
+        if w.dim() == 2:                                                 # an answer's weight: its tokens' mean
+            w = (w * mask).sum(1) / mask.sum(1).clamp(min=1)
         # The gate's own stages, for the page: p (Eqs. 17-18), Delta [B*G, T], and a (Eq. 19).
-        score, delta = trajectory_scores(lp["pos"], lp["neg"], mask)
+        score, delta = trajectory_scores(lp["pos"], lp["neg"], mask, gamma=settings.gate_gamma)
         adv = group_advantages(score, G)
         # Rollout row r is sibling r % G of example idx[r // G] (siblings are contiguous rows).
         for r, text in enumerate(decode(processor, ro)):
@@ -355,7 +387,8 @@ def gate_diagnostics(model, processor, teacher, examples, bench="zoom", *, rules
     records = sorted(_gather(records, world_size), key=lambda r: (r["index"], r["g"]))
     correct = [r["correct"] for r in records]
     mean = lambda xs: sum(xs) / len(xs) if xs else None
-    summary = {"rollouts": len(records), "group_size": G, "neg_mode": neg_mode,
+    summary = {"rollouts": len(records), "group_size": G, "neg_mode": settings.neg_view,
+               "settings": {k: getattr(settings, k) for k in GATE_SETTINGS},
                "rollout_accuracy": mean(correct), "unsettled": sum(r["verdict"] is None for r in records),
                "delta_correct": mean([r["p"] for r in records if r["correct"]]),
                "delta_wrong": mean([r["p"] for r in records if not r["correct"]]),
@@ -401,10 +434,10 @@ h1{font-size:20px;margin:0 0 6px} h2{font-size:16px;margin:28px 0 6px;border-top
 .judge{color:#9a6700;font-weight:600} .note{color:#555;font-size:13px}"""
 
 
-def explain_page(examples, records, *, title, neg_mode="paper", seed=0):
+def explain_page(examples, records, settings, *, title):
     """HTML for every example that has token-level records (gate_diagnostics(explain=N)): the full
-    image x, z+ and z-, then each sibling rollout, its tokens coloured by Delta_k = l+_k - l-_k
-    (Eq. 17), and its p, a, w (Eqs. 18-20) and correctness."""
+    image x, z+ and z- (cut as the run `settings` cuts them), then each sibling rollout, its tokens
+    coloured by Delta_k = l+_k - l-_k (Eq. 17), and its p, a, w (Eqs. 18-20) and correctness."""
     shown = {}  # example index -> its sibling records, g = 0 .. G-1
     for r in records:
         if "tokens" in r:
@@ -421,17 +454,18 @@ def explain_page(examples, records, *, title, neg_mode="paper", seed=0):
            "coloured by the teacher's evidence gap &Delta;<sub>k</sub> = log &pi;<sub>t</sub>(y<sub>k</sub> | x, z+) "
            "&minus; log &pi;<sub>t</sub>(y<sub>k</sub> | x, z&minus;) (Eq. 17); hover a token for its value. "
            "p = mean &Delta; over the response (Eq. 18), a = p normalised among its siblings (Eq. 19), "
-           "w = clip(1 + 0.5 a, 0, 2), the gate weight (Eq. 20).</p>\n"
+           f"w = the weight of the run's method, {html.escape(settings.method)} (Eq. 20 for V-Zero: clip(1 + "
+           f"{settings.gate_alpha:g} a, {settings.gate_w_min:g}, {settings.gate_w_max:g})).</p>\n"
            f"<div class=\"legend\"><span>&minus;{scale:.3g}: z&minus; explains it better</span><div class=\"bar\"></div>"
            f"<span>+{scale:.3g}: the crop z+ supports it</span></div>\n"]
     for i, rollouts in sorted(shown.items()):
         ex = examples[i]
-        full, pos, neg = data.evidence_views(ex, neg_mode, seed=seed)
+        full, pos, neg = views_of(ex, settings)
         out.append(f"<section>\n<h2>{html.escape(ex.id)}</h2>\n<div class=\"q\">{html.escape(ex.question)}</div>\n"
                    f"<div>gold answer: <b>{html.escape(str(ex.answer))}</b></div>\n<div class=\"views\">\n")
         for name, img, cls, caption in (("x", full, "full", f"x: full image, {full.width}x{full.height}"),
                                         ("z+", pos, "crop", f"z+: crop of the box, {pos.width}x{pos.height}"),
-                                        ("z-", neg, "crop", f"z&minus;: negative view ({neg_mode}), {neg.width}x{neg.height}")):
+                                        ("z-", neg, "crop", f"z&minus;: negative view ({settings.neg_view}), {neg.width}x{neg.height}")):
             out.append(f"<figure><img class=\"{cls}\" alt=\"{name}\" src=\"{_png(img, 768)}\">"
                        f"<figcaption>{caption}</figcaption></figure>\n")
         out.append("</div>\n")
@@ -532,7 +566,8 @@ def report(args, examples, preds, gate, peak):
     lines.append(f"\nPeak memory of rank 0: {peak}.")
     if gate:
         f = lambda v, spec: "-" if v is None else format(v, spec)
-        lines += ["", f"## Gate diagnostics: teacher {args.gate_teacher}, G = {gate['group_size']}, z- = {gate['neg_mode']}",
+        knobs = ", ".join(f"{k} {v}" for k, v in gate["settings"].items())
+        lines += ["", f"## Gate diagnostics: teacher {args.gate_teacher}; settings from {gate['settings_from']}: {knobs}",
                   "", "| rollouts | accuracy % | unsettled | mean Delta, correct | mean Delta, wrong | AUROC(w) | AUROC(p) |",
                   "|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {gate['rollouts']} | {pct(gate['rollout_accuracy'])} | {gate['unsettled']} | "
@@ -554,7 +589,7 @@ def write_outputs(args, examples, preds, verdicts, gate, rollouts, peak):
     if rollouts:  # per-rollout p, a, w, correctness; the token-level lists only go to the page
         Log(out, "gate_rollouts").finish([{k: v for k, v in r.items() if k not in ("tokens", "delta")} for r in rollouts])
     if args.explain:
-        (out / "explain.html").write_text(explain_page(examples, rollouts, neg_mode=args.neg_mode, seed=args.seed,
+        (out / "explain.html").write_text(explain_page(examples, rollouts, gate_settings(args)[0],
                                                        title=f"V-Zero gate: {args.model} / teacher {args.gate_teacher} "
                                                              f"on {args.bench}"), encoding="utf-8")
     text = report(args, examples, preds, gate, peak)
@@ -622,8 +657,13 @@ def parse_args(argv=None):
     ap.add_argument("--batch-size", type=int, default=8, help="prompts per generate call, per rank")
     ap.add_argument("--limit", type=int, help="only the first N items of the file")
     ap.add_argument("--gate-teacher", help="teacher for the gate diagnostics (needs answers and boxes)")
-    ap.add_argument("--group-size", type=int, default=8, help="G rollouts per example for the gate diagnostics")
-    ap.add_argument("--neg-mode", default="paper", choices=data.NEG_MODES, help="z- for the diagnostics (paper: sec. 5)")
+    # The diagnostics run the method the checkpoint was trained with: its train_config.json (method,
+    # G, gate knobs, how z+ and z- are cut); these flags override it and are recorded in the results.
+    for name in GATE_SETTINGS:
+        field = Config.__dataclass_fields__[name]
+        ap.add_argument("--" + name.replace("_", "-"), type=type(field.default), default=None,
+                        help=f"gate diagnostics: {field.metadata['help']} (default: the checkpoint's run, else "
+                        f"{field.default})")
     ap.add_argument("--explain", type=int, default=0, help="write explain.html for the first N examples (needs --gate-teacher)")
     ap.add_argument("--seed", type=int, default=0, help="seeds sampling (paper / zwz setups), the diagnostics and z- crops")
     args = ap.parse_args(argv)
@@ -636,7 +676,7 @@ def parse_args(argv=None):
     for key in ("min_pixels", "max_pixels", "max_new_tokens"):  # explicit flags win over the setup
         if getattr(args, key) is None:
             setattr(args, key, SETUPS[args.setup][key])
-    counts = (args.max_new_tokens, args.batch_size, args.group_size, args.judge_max_new_tokens, args.limit or 1,
+    counts = (args.max_new_tokens, args.batch_size, args.group_size or 1, args.judge_max_new_tokens, args.limit or 1,
               args.min_pixels or 1, args.max_pixels or 1)
     if min(counts) < 1:
         ap.error("--max-new-tokens, --batch-size, --group-size, --judge-max-new-tokens, --limit and the pixel bounds "
@@ -676,14 +716,14 @@ def run(args, rank, device):
     if args.gate_teacher:
         teacher = Teacher(*vlm.load(args.gate_teacher, dtype=dtype, device=device), student_processor=processor)
         ok = {r["id"] for r in preds["full"] if not r.get("error")}  # items whose image decoded
+        settings, where = gate_settings(args)
         # Half the examples per call: each brings G rollouts, replayed under two views.
         gate, rollouts = gate_diagnostics(model, processor, teacher,
                                           [ex for ex in examples if isinstance(ex, data.Example) and ex.id in ok],
-                                          args.bench,
-                                          rules=args.rules, group_size=args.group_size,
-                                          batch_size=max(1, args.batch_size // 2),
-                                          max_new_tokens=args.max_new_tokens, neg_mode=args.neg_mode,
+                                          args.bench, settings=settings, rules=args.rules,
+                                          batch_size=max(1, args.batch_size // 2), max_new_tokens=args.max_new_tokens,
                                           seed=args.seed, explain=args.explain, progress=True)
+        gate["settings_from"] = where
         del teacher
     verdicts = {}
     if args.judge:

@@ -9,7 +9,7 @@ holds G copies of the prompt's activations. Here the prompt is encoded once:
 
     prefix = encode(model, prompts, hold_last=True)       # one forward over the B prompts
     logp = score(model, prefix, rows, answer_ids, mask)   # [N, T]: answer i continues prompt rows[i]
-    cache = sampling_cache(prefix, rows)                  # what `generate` continues from (rollout.py)
+    cache, rope_deltas = sampling_cache(model, prefix, rows)   # what `generate` continues from (rollout.py)
 
 Why it is exact. A causal model's answer tokens attend to the prompt's keys and values, and those
 do not depend on the answer. So the keys/values of the prompt are computed once (B rows), copied
@@ -29,8 +29,30 @@ each crop view as a second chunk (`encode(..., past=shared, rows=...)`), then th
 
 With gradients (the update) the cache must never be changed in place after a forward read it
 (autograd saved it), and gradient checkpointing re-runs each layer's forward in backward. So the
-cache here is IMMUTABLE: a forward reads the past and records what it added beside it; `encode`
-returns a new cache of past + added. Re-running a layer reads the same past and records the same.
+cache's TENSORS are never written: a forward reads the past tensors and records the tensors it
+added in the layer object's `added*` fields (the one thing a forward writes, on a throwaway Prefix
+that `continued()` makes for that forward); `encode` then builds a new Prefix of past + added
+(`next_past()`). Re-running a layer reads the same past and records the same.
+
+What this file relies on in transformers (checked with 5.23.0; tests/test_internals.py fails, naming
+the internal, if a release changes one):
+  - cache_utils.DynamicLayer: fields `keys`, `values`, `lazy_initialization(keys, values)`,
+    `get_seq_length()`; the attention modules call `update(key_states, value_states, ...)` ONCE per
+    layer per forward and attend to what it returns (the order `encode` assumes: one forward, then
+    `next_past()` reads each layer's `added`).
+  - cache_utils.LinearAttentionLayer(number_of_states=1): fields `conv_states`, `recurrent_states`,
+    `conv_kernel_size`, `has_previous_state`, `is_conv_states_initialized`,
+    `is_recurrent_states_initialized`, `record_past` (True keeps Qwen3.5 on its general path: its
+    one-token path updates the conv window in place), `lazy_initialization(conv_states=,
+    recurrent_states=, conv_kernel_size=)`; Qwen3.5's layers call `update_conv_state(conv_states, ...)`
+    and `update_recurrent_state(recurrent_states, ...)` once each per forward.
+  - cache_utils.Cache(layers=[...]) and DynamicCache(config=...).layers (which layer kinds a model has).
+  - modeling_layers.GradientCheckpointingLayer._can_checkpoint_with_cache: False makes transformers
+    drop the cache of checkpointed layers; we set it True (enable_gradient_checkpointing).
+  - The Qwen models' `model.model.get_rope_index(input_ids, mm_token_type_ids, image_grid_thw=,
+    attention_mask=)` (M-RoPE positions) and `model.model.rope_deltas`, the offset `generate`
+    positions new tokens with (rollout.py sets it from `sampling_cache`); forwards take explicit
+    `position_ids` [3, n, L], `past_key_values` and `logits_to_keep`.
 
 Tests: python -m pytest -q tests/test_prefix.py (against the repeated-prompt path, three families).
 """
@@ -47,7 +69,8 @@ from model import answer_logprobs, check_answers
 # The cache: per layer the PAST (read only) and what the current forward ADDED.
 class _Attention(DynamicLayer):
     """An attention layer's past keys/values [n, heads, C, d]; `update` returns past + new and
-    stores nothing, so a forward (and its replay under gradient checkpointing) leaves it as it was."""
+    records the new ones in `added`, so a forward (and its replay under gradient checkpointing)
+    leaves the past as it was."""
 
     def __init__(self, keys=None, values=None):
         super().__init__()
@@ -62,7 +85,7 @@ class _Attention(DynamicLayer):
             return key_states, value_states
         return torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
 
-    def advanced(self):
+    def next_past(self):
         # past + added: the past of the next chunk.
         keys, values = self.added
         if self.get_seq_length() > 0:
@@ -72,7 +95,8 @@ class _Attention(DynamicLayer):
 
 class _Recurrent(LinearAttentionLayer):
     """A linear-attention layer's past: its causal-conv window [n, channels, kernel] and recurrent
-    state [n, heads, dk, dv]. Same contract as _Attention: read, never written."""
+    state [n, heads, dk, dv]. Same contract as _Attention: the past is read, never written; a
+    forward records its new window and state in `added_conv`, `added_recurrent`."""
 
     def __init__(self, conv=None, recurrent=None):
         super().__init__(number_of_states=1)
@@ -99,7 +123,7 @@ class _Recurrent(LinearAttentionLayer):
         self.added_recurrent = recurrent_states      # [n, heads, dk, dv], the state after this chunk
         return recurrent_states
 
-    def advanced(self):
+    def next_past(self):
         return _Recurrent(self.added_conv, self.added_recurrent)
 
 
@@ -191,7 +215,7 @@ def encode(model, chunk, *, past=None, rows=None, hold_last=False):
     if not bool(torch.isfinite(logits).all()):     # a cheap check of the whole forward: [n, 1, V]
         raise FloatingPointError("the model's outputs are not finite")
     next_pos = positions.amax(dim=(0, 2)) + 1                                       # [n]
-    return Prefix([layer.advanced() for layer in past.layers], mask, next_pos, tail)
+    return Prefix([layer.next_past() for layer in past.layers], mask, next_pos, tail)
 
 
 def score(model, prefix, rows, answer_ids, answer_mask, *, max_tokens=None):
@@ -223,9 +247,10 @@ def score(model, prefix, rows, answer_ids, answer_mask, *, max_tokens=None):
 
 
 def sampling_cache(model, prefix, rows):
-    """A stock transformers cache holding prefix rows `rows` for `generate` to continue (it grows
-    the cache in place as it decodes, which is fine without gradients). Also sets the model's
-    stored M-RoPE offset (`rope_deltas`), from which generate positions every token it adds."""
+    """(cache, rope_deltas): a stock transformers cache holding prefix rows `rows` for `generate` to
+    continue (it grows the cache in place as it decodes, which is fine without gradients), and the
+    M-RoPE offset [n, 1] the caller must store as `model.model.rope_deltas` before `generate`:
+    generate positions every token it adds from it (and sets it only in a prefill of its own)."""
     past = prefix.continued(rows)
     cache = DynamicCache(config=model.config)
     for stock, layer in zip(cache.layers, past.layers):
@@ -239,8 +264,7 @@ def sampling_cache(model, prefix, rows):
             stock.has_previous_state[0] = True
     # generate counts a token's text position as (real tokens before it) and adds rope_deltas; the
     # held-back token must land on next_pos.
-    model.model.rope_deltas = (past.next_pos - past.mask.sum(1))[:, None]
-    return cache
+    return cache, (past.next_pos - past.mask.sum(1))[:, None]
 
 
 class GroupScorer(torch.nn.Module):
@@ -260,7 +284,8 @@ def enable_gradient_checkpointing(model):
     """transformers' gradient checkpointing (each decoder layer's activations recomputed in
     backward), told that a layer may read a cache in its replay: transformers drops the cache of
     checkpointed layers because its own caches grow in place, so a replay would append twice.
-    Ours are immutable (see the top of this file): the replay reads the same past and adds nothing."""
+    Ours never write their past (see the top of this file): the replay reads the same past and
+    records the same `added`."""
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):

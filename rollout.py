@@ -13,15 +13,13 @@ eval.py uses. Works on a plain model, a DDP-wrapped model (sampling runs on the 
 FSDP2-sharded one (its parameters gathered once for the whole rollout: no collective per token).
 """
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from model import select_prompts, vision_token_ids
 from parallel import gathered
-from prefix import GroupScorer, encode, packs, sampling_cache
-from prefix import score as _score   # `score` is also sample()'s switch
+from prefix import GroupScorer, encode, packs, sampling_cache, score
 
 
 @dataclass
@@ -31,9 +29,8 @@ class Rollout:
     response_mask: torch.Tensor  # [B*G, T] bool, True up to and including the first EOS
     truncated: torch.Tensor      # [B*G] bool, True where no EOS came within max_new_tokens
     old_logp: torch.Tensor | None  # [B*G, T] fp32 log pi_s(y_k | x, y<k) at sampling time, 0 where
-                                   # masked; None when sampled with score=False (evaluation)
+                                   # masked; None when sampled with old_logp=False (evaluation)
     group_size: int
-    stats: dict = field(default_factory=dict)
 
 
 def unwrap(model):
@@ -60,14 +57,14 @@ def response_mask_from(response_ids, eos_ids):
 
 @torch.no_grad()
 def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature=1.0, top_p=1.0,
-           greedy=False, seed=None, score=True, max_tokens=None):
+           greedy=False, seed=None, old_logp=True, max_tokens=None):
     """Sample `group_size` responses for each of the B prompt rows of `prompts`; return a Rollout.
 
     seed: None (use the global RNG), an int (seeds the RNG once, then the generate calls), or a list
     of B ints: each prompt is then sampled by its own seeded generate call, so its samples do not
     depend on which other prompts share the batch (or the rank): the same run on 1 or 8 ranks
     samples the same tokens. Slower (B calls), so it is a choice, not the default.
-    score=False skips the old_logp forward (evaluation reads only the tokens).
+    old_logp=False skips the old_logp forward (evaluation reads only the tokens).
     max_tokens bounds one generate call: prompts are sampled in packs holding at most this many
     cache positions, G x (prompt + max_new_tokens) per prompt (None: all in one call); the
     old_logp forwards hold at most as many."""
@@ -98,7 +95,6 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
 
     was_training = net.training
     net.eval()
-    start = time.perf_counter()
     # FSDP2: the student's parameters are gathered ONCE for sampling and scoring (parallel.gathered),
     # so no forward below, and no decoded token, runs a collective: ranks may take different
     # numbers of calls and decoding steps.
@@ -114,10 +110,13 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
             # One prefill per prompt (prefix.py), copied to its G sibling rows for generate to continue.
             prefix = encode(net, inputs, hold_last=True)
             rows = torch.arange(len(pack), device=device).repeat_interleave(G)       # siblings contiguous
+            cache, rope_deltas = sampling_cache(net, prefix, rows)
+            # generate positions each token it adds as (real tokens before it) + the model's stored
+            # M-RoPE offset, which it set in its own prefill; ours ran outside it, so we set it here.
+            net.model.rope_deltas = rope_deltas
             out = net.generate(input_ids=inputs["input_ids"][rows], attention_mask=inputs["attention_mask"][rows],
-                               past_key_values=sampling_cache(net, prefix, rows), **knobs)
+                               past_key_values=cache, **knobs)
             parts.append((prefix, rows, out[:, inputs["input_ids"].shape[1]:]))   # generate returns prompt + new
-        seconds = time.perf_counter() - start
         # Right-pad the parts to one length T with the pad token (masked below anyway).
         T = max(p.shape[1] for _, _, p in parts)
         response_ids = torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1]), value=gen_cfg.pad_token_id)
@@ -130,20 +129,11 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
         # drawn from softmax(logits / temperature), but old_logp is still the policy's own
         # (temperature 1) log-prob, the quantity the loss differentiates: the ratio is pi_new / pi_old
         # of the policy, not an importance weight against the tempered sampling distribution.
-        old_logp = None
-        if score:
+        sampling_logp = None
+        if old_logp:
             answers = torch.arange(len(response_ids)).split([len(rows) for _, rows, _ in parts])   # per pack
-            old_logp = torch.cat([_score(net, prefix, rows, response_ids[a], response_mask[a], max_tokens=max_tokens)
-                                  for (prefix, rows, _), a in zip(parts, answers)])
+            sampling_logp = torch.cat([score(net, prefix, rows, response_ids[a], response_mask[a], max_tokens=max_tokens)
+                                       for (prefix, rows, _), a in zip(parts, answers)])
     net.train(was_training)
+    return Rollout(prompts, response_ids, response_mask, truncated, sampling_logp, group_size)
 
-    lengths = response_mask.sum(dim=1).float()
-    stats = {
-        "rollout/len_mean": lengths.mean().item(),
-        "rollout/len_max": lengths.max().item(),
-        "rollout/truncated_frac": truncated.float().mean().item(),
-        "rollout/tokens": int(lengths.sum()),
-        "rollout/tokens_per_s": lengths.sum().item() / max(seconds, 1e-9),
-        "rollout/seconds": seconds,
-    }
-    return Rollout(prompts, response_ids, response_mask, truncated, old_logp, group_size, stats)

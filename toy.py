@@ -173,7 +173,7 @@ def view_accuracy(model, processor, examples, view, batch_size=32):
     for start in range(0, len(examples), batch_size):
         batch = examples[start:start + batch_size]
         ro = sample(model, processor, _prompts(processor, batch, view), group_size=1,
-                    max_new_tokens=MAX_NEW_TOKENS, greedy=True, score=False)
+                    max_new_tokens=MAX_NEW_TOKENS, greedy=True, old_logp=False)
         hits += sum(data.match_choice(t, ex.choices) == ex.answer for t, ex in zip(decode(processor, ro), batch))
     return hits / len(examples)
 
@@ -200,7 +200,7 @@ def distill_prompts(keep_answers=False):
 
 
 def distill_config(out_dir, **overrides):
-    """train.Config for the toy models (built on first use); overrides: method, pos_view, seed..."""
+    """train.Config for the toy models (built on first use); overrides: method, seed, ..."""
     return train.Config(student=toy_model(STUDENT, "student"), teacher=toy_model(TEACHER, "teacher"),
                         train_data=f"toy.distill_prompts(): synthetic:{N_TRAIN}:{DISTILL_SEED} in toy.WORLD",
                         out_dir=out_dir, **{**DISTILL, **overrides})
@@ -249,7 +249,7 @@ def demo():
 # accuracy, gate AUROC); the step never reads them (tests/test_train.py: stripping them trains
 # identically). Each run's checkpoints (every save_every steps) give the accuracy-vs-step curve.
 ARMS = {"opd": dict(method="opd"), "vzero": dict(method="vzero"),
-        "vzero-random": dict(method="vzero", pos_view="random")}
+        "vzero-random": dict(method="vzero-random")}
 
 
 def run_arm(arm, seed, heldout, out="out/toy", **overrides):

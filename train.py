@@ -16,9 +16,9 @@ No answer label is read by the step; answers, when the data has them, only feed 
 diagnostics after the update. Defaults are the authors' released recipe (docs/method.md).
 """
 
+import contextlib
 import copy
 import dataclasses
-import math
 import os
 import resource
 import runpy
@@ -44,25 +44,26 @@ from tqdm import tqdm  # noqa: E402
 import checkpoint  # noqa: E402
 import data  # noqa: E402
 import model as vlm  # noqa: E402
-from gate import auroc, evidence_gate  # noqa: E402
-from loss import opd_loss  # noqa: E402
-from parallel import (MasterWeights, all_sum, end_distributed, fp32_allreduce, gathered, load_sharded,  # noqa: E402
-                      setup_distributed, sync_grads)
-from prefix import GroupScorer, enable_gradient_checkpointing, packs  # noqa: E402
+from gate import auroc  # noqa: E402
+from method import METHODS, unit_weights, views_of  # noqa: E402
+from parallel import MasterWeights, all_sum, end_distributed, fp32_allreduce, load_sharded, setup_distributed  # noqa: E402
+from prefix import GroupScorer, enable_gradient_checkpointing  # noqa: E402
 from rollout import decode, sample, unwrap  # noqa: E402
 from teacher import Teacher  # noqa: E402
+from update import update  # noqa: E402
 
 def check_config(cfg, world):
     """Every knob's range, every impossible combination and every missing local model, before any
     data or model is loaded."""
     for f in dataclasses.fields(Config):
-        value, m = getattr(cfg, f.name), f.metadata
+        value, bounds = getattr(cfg, f.name), f.metadata
         if value is None or isinstance(value, (bool, str)):
             continue
-        if (m["min"] is not None and value < m["min"]) or (m["above"] is not None and value <= m["above"]) \
-                or (m["max"] is not None and value > m["max"]):
-            rule = " and ".join(r for r in (m["min"] is not None and f">= {m['min']}", m["above"] is not None
-                                            and f"> {m['above']}", m["max"] is not None and f"<= {m['max']}") if r)
+        low, above, high = bounds["min"], bounds["above"], bounds["max"]
+        if ((low is not None and value < low) or (above is not None and value <= above)
+                or (high is not None and value > high)):
+            rule = " and ".join(r for r in (low is not None and f">= {low}", above is not None and f"> {above}",
+                                            high is not None and f"<= {high}") if r)
             raise ValueError(f"--{f.name.replace('_', '-')} {value}: must be {rule}")
     if not cfg.student or not cfg.teacher:
         raise ValueError("--student and --teacher are required")
@@ -77,10 +78,11 @@ def check_config(cfg, world):
     if (cfg.prompts_per_step // world) % cfg.mini_batches:
         raise ValueError(f"each rank's {cfg.prompts_per_step // world} prompts must split into "
                          f"--mini-batches {cfg.mini_batches} of whole groups")
-    if cfg.method == "vzero" and cfg.group_size < 2:
-        raise ValueError("vzero needs --group-size >= 2: the gate compares siblings (Eq. 19)")
-    if cfg.method == "opd-plain" and cfg.pos_view != "box":
-        raise ValueError("--pos-view has no effect with --method opd-plain (the teacher sees no crop)")
+    if cfg.method not in METHODS:
+        raise ValueError(f"--method {cfg.method!r}: choose one of {sorted(METHODS)} (method.py)")
+    if cfg.group_size < METHODS[cfg.method].min_group_size:
+        raise ValueError(f"{cfg.method} needs --group-size >= {METHODS[cfg.method].min_group_size}: the gate "
+                         "compares siblings (Eq. 19)")
 
 
 def compute_dtype(cfg, device):
@@ -100,8 +102,8 @@ def build(cfg, rank, world, device, student_dir=None):
     load_student = partial(vlm.load, student_dir or cfg.student, dtype=torch.float32 if fsdp else compute, **kw)
     load_teacher = partial(vlm.load, cfg.teacher, dtype=compute, **kw)
     student, processor = load_sharded(load_student, rank, device, compute) if fsdp else load_student(device=device)
-    teacher_model, teacher_processor = load_sharded(load_teacher, rank, device) if shard_teacher \
-        else load_teacher(device=device)
+    teacher_model, teacher_processor = (load_sharded(load_teacher, rank, device) if shard_teacher
+                                        else load_teacher(device=device))
     teacher = Teacher(teacher_model, teacher_processor, student_processor=processor, max_tokens=cfg.score_tokens)
     if cfg.grad_checkpointing:
         enable_gradient_checkpointing(student)
@@ -129,6 +131,15 @@ def build(cfg, rank, world, device, student_dir=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# Seeds. Every random stream of a run is seeded by cfg.seed times a prime, plus its place in the
+# run (an epoch, a prompt's stream position, a rank's step), so that the streams of different base
+# seeds start apart. The numbers are part of what a run IS: other values sample other tokens, so
+# they stay as they are (a resumed or reproduced run must draw the same).
+EPOCH_SEED_STRIDE = 100_003        # the data order of epoch e: seed * 100_003 + e
+SAMPLE_SEED_STRIDE = 1_000_003     # sampling: seed * 1_000_003 + (prompt's stream position, or ...)
+RANK_STEP_SEED_STRIDE = 7_919      # ... 7_919 * (step * world + rank): one batched generate per rank and step
+
+
 # Data order: a seeded permutation per epoch; step s takes the next prompts_per_step of the
 # stream and rank r every world-th of them. The position is a function of the step: resume is exact.
 # Returns this rank's [(stream position, example)]; the position also seeds per-prompt sampling.
@@ -138,7 +149,8 @@ def prompts_for_step(examples, step, cfg, rank, world):
     for pos in range(step * P, (step + 1) * P):
         epoch, i = divmod(pos, n)
         if epoch not in orders:                              # one permutation per epoch
-            orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
+            seed = cfg.seed * EPOCH_SEED_STRIDE + epoch
+            orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         batch.append((pos, examples[int(orders[epoch][i])]))
     return data.shard(batch, rank, world)
 
@@ -153,22 +165,19 @@ class StepInputs:
     positions: list           # global stream positions of the examples (they seed per-prompt sampling)
     examples: list
     student_prompts: dict     # [B, P] (model.student_prompts)
-    teacher_prompts: dict     # Teacher.prompts of the views the method needs
+    teacher_prompts: object   # teacher.TeacherPrompts of the views the method replays
     seconds: float
     bad_images: int = 0       # replaced by other prompts of the batch (--skip-bad-images)
 
 
-VIEWS_NEEDED = {"vzero": ("pos", "neg"), "opd": ("pos",), "opd-plain": ("plain",)}
-
-
 def prepare(cfg, examples, step, rank, world, processor, teacher):
     start = time.perf_counter()
+    method = METHODS[cfg.method]
     batch = prompts_for_step(examples, step, cfg, rank, world)
     views, bad = [], []
     for _, ex in batch:
         try:
-            views.append(data.evidence_views(ex, cfg.neg_view, pos_mode=cfg.pos_view, seed=cfg.seed,
-                                             margin=cfg.crop_margin, min_side=cfg.crop_min_side))
+            views.append(views_of(ex, cfg))
         except ValueError as error:          # names file, line, id and field
             if not cfg.skip_bad_images:
                 raise
@@ -187,136 +196,82 @@ def prepare(cfg, examples, step, rank, world, processor, teacher):
     questions = [ex.question for ex in examples]
     pixels = {}     # each full image resized and cut into patches once, for the student and the teacher
     student_inputs = vlm.student_prompts(processor, full, questions, pixels=pixels)
-    teacher_inputs = teacher.prompts(full, questions, pos_crops=pos, neg_crops=neg, views=VIEWS_NEEDED[cfg.method],
-                                     pixels=pixels)
+    teacher_inputs = teacher.prompts(full, questions, pos_crops=pos, neg_crops=neg, views=method.views, pixels=pixels)
     return StepInputs(step, [p for p, _ in batch], examples, student_inputs, teacher_inputs,
                       time.perf_counter() - start, len(bad))
 
 
+# ---------------------------------------------------------------------------------------------
 def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device, progress=print):
-    """One step of Algorithm 1 on this rank's prompts; returns the step's metrics (over all ranks).
+    """One step of Algorithm 1 on this rank's B prompts; returns the step's metrics (over all ranks).
     progress(text): where to say which phase runs (the progress bar)."""
-    step, examples = inputs.step, inputs.examples
-    G, B = cfg.group_size, len(examples)
-    timer = {"prepare": inputs.seconds}
+    method, G, B = METHODS[cfg.method], cfg.group_size, len(inputs.examples)
+    seconds = {"prepare": inputs.seconds}
+
+    # 1. Rollout (Alg. 1 lines 5-7): the student samples G answers per prompt from the full image x.
+    #    ro.response_ids, ro.response_mask, ro.old_logp: [B*G, T], the G siblings in contiguous rows.
     progress(f"rollout: {B} prompts x {G}")
+    with timed(seconds, "rollout"):
+        ro = rollout(cfg, inputs, student, processor, rank, world)
+    mask = ro.response_mask                                                           # [B*G, T]
 
-    # 1. On-policy rollout from the full image only (Alg. 1 lines 5-7).
-    # Seeds: per prompt from its global stream position (the same on any number of ranks), or
-    # one per rank and step (one batched generate call). Either way a resumed run samples the same.
-    t0 = time.perf_counter()
-    base = cfg.seed * 1_000_003
-    seed = [base + pos for pos in inputs.positions] if cfg.per_prompt_seeds else base + 7_919 * (step * world + rank)
-    try:
-        ro = sample(student, processor, inputs.student_prompts, group_size=G, max_new_tokens=cfg.max_new_tokens,
-                    temperature=cfg.temperature, top_p=cfg.top_p, seed=seed, max_tokens=cfg.rollout_tokens)
-    except FloatingPointError:      # prefix.encode found the student's outputs non-finite
-        raise RuntimeError(f"step {step + 1}: the student's outputs are not finite, so its weights are broken (by "
-                           f"the updates of step {step}, lr {cfg.lr}, unless it was loaded so). Resume from the last "
-                           "checkpoint with a lower --lr") from None
-    timer["rollout"] = time.perf_counter() - t0
-    progress(f"teacher: {B * G} answers, {int(ro.response_mask.sum())} tokens")
-    # 2. Teacher replay of the same tokens (Alg. 1 lines 8-10), no grad.
-    t0 = time.perf_counter()
-    lp = teacher.replay(ro, prompts=inputs.teacher_prompts)
-    timer["teacher"] = time.perf_counter() - t0
+    # 2. Teacher replay (lines 8-10): log pi_t(y_k | view, y_<k) of the SAME tokens under each view
+    #    the method needs: lp["pos"] under (x, z+), lp["neg"] under (x, z-). [B*G, T] each, no grad.
+    progress(f"teacher: {B * G} answers, {int(mask.sum())} tokens")
+    with timed(seconds, "teacher"):
+        lp = teacher.replay(ro, prompts=inputs.teacher_prompts)
 
-    # 3. Gate (Eqs. 17-20): one weight per response. Plain OPD: every weight is 1.
-    mask = ro.response_mask
-    if cfg.method == "vzero":
-        weights, gate_stats = evidence_gate(lp["pos"], lp["neg"], mask, G, alpha=cfg.gate_alpha,
-                                            gamma=cfg.gate_gamma, w_min=cfg.gate_w_min, w_max=cfg.gate_w_max)
-    else:
-        weights, gate_stats = torch.ones(B * G, device=device), {}
-    target = lp["plain" if cfg.method == "opd-plain" else "pos"]
+    # 3. One weight per answer (V-Zero: the contrastive evidence gate, Eqs. 17-20; OPD: ones). [B*G].
+    weights, gate_stats = method.weights(lp, mask, G, cfg)
 
-    # 4. Update: the rollout batch is split into mini-batches of whole groups, one optimizer step
-    # each; each mini-batch into micro-batches (of whole groups, by tokens) whose gradients accumulate.
-    t0 = time.perf_counter()
-    groups_per_mini = B // cfg.mini_batches
-    prompt_lens = ro.prompt_inputs["attention_mask"].sum(1).tolist()                 # [B] real tokens
-    sums = dict(loss=0.0, k1=0.0, clip=0.0, grad_norm=0.0, skipped=0.0)
-    for m in range(cfg.mini_batches):
-        groups = range(m * groups_per_mini, (m + 1) * groups_per_mini)
-        rows = [r for b in groups for r in range(b * G, (b + 1) * G)]
-        # Global normalisers, summed over ranks: token-mean divides by ALL tokens of the mini-batch.
-        num_tokens, num_seqs = all_sum([mask[rows].sum().item(), (mask[rows].sum(1) > 0).sum().item()], device)
-        micro = micro_batches(groups, prompt_lens, G, mask.shape[1], cfg.update_tokens)
-        # Every rank runs as many micro-batches (FSDP2 reduce-scatters gradients in each backward,
-        # the ranks together): a rank with fewer repeats its last one with a loss weight of 0.
-        count, = all_sum([len(micro)], device, op=dist.ReduceOp.MAX)
-        micro += [(micro[-1][0], micro[-1][1], 0.0)] * (int(count) - len(micro))
-        optimizer.zero_grad(set_to_none=True)
-        mini_loss = 0.0
-        with gathered(student):      # FSDP2: the student's parameters gathered once for the mini-batch
-            for i, (prompt_ids, answers, scale) in enumerate(micro):
-                progress(f"update {m + 1}/{cfg.mini_batches}: micro-batch {i + 1}/{len(micro)}")
-                sync_grads(student, last=i == len(micro) - 1)
-                answers = torch.tensor(answers)
-                # answer row r belongs to prompt r // G: its index among this micro-batch's prompts
-                local = torch.searchsorted(torch.tensor(prompt_ids), answers // G)
-                logp = student(vlm.select_prompts(ro.prompt_inputs, prompt_ids).to(device), local.to(device),
-                               ro.response_ids[answers], mask[answers])
-                loss, st = opd_loss(logp, ro.old_logp[answers], target[answers], mask[answers], weights[answers],
-                                    estimator=cfg.estimator, clip_eps=cfg.clip_eps, dual_clip=cfg.dual_clip,
-                                    kl_clamp=cfg.kl_clamp, agg=cfg.agg, num_tokens=num_tokens, num_seqs=num_seqs)
-                # DDP/FSDP average gradients over ranks; the loss is already a global mean: undo it.
-                (loss * world * scale).backward()
-                mini_loss += loss.item() * scale
-                sums["k1"] += st["kl/k1_mean"] * st["tokens"] * scale
-                sums["clip"] += st["ppo/clip_frac"] * st["tokens"] * scale
-        master.collect_grads()                   # bf16 gradients into the fp32 master copies, if any
-        grad_norm = torch.nn.utils.clip_grad_norm_(master.params, cfg.grad_clip)
-        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-        # Guard: a non-finite loss or gradient anywhere skips this update on every rank.
-        mini_loss, = all_sum([mini_loss], device)
-        if math.isfinite(mini_loss) and math.isfinite(grad_norm):
-            optimizer.step()
-            master.publish()                     # the stepped fp32 weights back into the bf16 model
-            # Cheap, and it names the step: a finite gradient can still step weights to inf / NaN.
-            shards = [p.to_local() if hasattr(p, "to_local") else p for p in master.params]
-            broken, = all_sum([int(sum(~torch.isfinite(p).all() for p in shards))], device)   # one sync
-            if broken:
-                raise RuntimeError(f"step {step + 1}, update {m + 1}: the optimizer step made {int(broken)} weight "
-                                   f"tensor(s) non-finite (lr {cfg.lr}). The last checkpoint is intact: resume from "
-                                   "it with a lower --lr")
-        else:
-            sums["skipped"] += 1
-        sums["loss"] += mini_loss / cfg.mini_batches
-        sums["grad_norm"] += grad_norm / cfg.mini_batches
-    optimizer.zero_grad(set_to_none=True)
-    timer["update"] = time.perf_counter() - t0
+    # 4. Update (lines 11-13): the weighted distillation loss toward the target view (Eqs. 23-24),
+    #    on mini-batches of whole groups, one optimizer step each (update.py: the machinery).
+    with timed(seconds, "update"):
+        sums = update(cfg, student, optimizer, master, ro, lp[method.target], weights, inputs.step, world, device,
+                      progress)
 
-    # Step metrics over ALL ranks (the gate stats are this rank's: the gate never crosses ranks).
-    k1, clip, tokens, rows, truncated = all_sum([sums["k1"], sums["clip"], mask.sum().item(), len(mask),
-                                                 ro.truncated.sum().item()], device)
-    len_max, = all_sum([mask.sum(1).max().item()], device, op=dist.ReduceOp.MAX)
-    metrics = {"loss": sums["loss"], "kl/k1_mean": k1 / max(tokens, 1), "ppo/clip_frac": clip / max(tokens, 1),
-               "grad_norm": sums["grad_norm"], "skipped_updates": int(sums["skipped"]), **gate_stats,
-               "rollout/tokens": int(tokens), "rollout/len_mean": tokens / rows, "rollout/len_max": int(len_max),
-               "rollout/truncated_frac": truncated / rows, **{f"time/{k}": v for k, v in timer.items()},
-               "rollout/tokens_per_s": tokens / timer["rollout"],
-               "tokens_per_s": tokens / (timer["rollout"] + timer["teacher"] + timer["update"]),
-               "data/bad_images": int(all_sum([inputs.bad_images], device)[0])}
+    metrics = step_metrics(sums, gate_stats, ro, seconds, inputs.bad_images, device)
     # Diagnostics only, AFTER the update: answers never touch the step above.
-    metrics.update(answer_diagnostics(examples, ro, weights, processor, cfg, device))
+    metrics.update(answer_diagnostics(inputs.examples, ro, weights, processor, cfg, device))
     return metrics
 
 
-def micro_batches(groups, prompt_lens, G, T, budget):
-    """[(prompt indices, answer rows, loss weight 1)] covering `groups`: whole groups packed while their
-    G x (prompt + T) token positions fit the budget; a group above it alone is split by answers,
-    its prompt then encoded once per part (the only case a prompt is encoded twice)."""
-    groups = list(groups)
-    out = []
-    for pack in packs([G * (prompt_lens[b] + T) for b in groups], budget):
-        b = groups[pack[0]]
-        if len(pack) == 1 and G * (prompt_lens[b] + T) > budget:
-            per_part = max(1, budget // (prompt_lens[b] + T))
-            out += [([b], list(range(b * G + s, b * G + min(G, s + per_part))), 1.0) for s in range(0, G, per_part)]
-        else:
-            out.append(([groups[i] for i in pack], [r for i in pack for r in range(groups[i] * G, (groups[i] + 1) * G)], 1.0))
-    return out
+def rollout(cfg, inputs, student, processor, rank, world):
+    # Seeds: per prompt from its global stream position (the same on any number of ranks), or one
+    # per rank and step (one batched generate call). Either way a resumed run samples the same.
+    base = cfg.seed * SAMPLE_SEED_STRIDE
+    seed = ([base + pos for pos in inputs.positions] if cfg.per_prompt_seeds
+            else base + RANK_STEP_SEED_STRIDE * (inputs.step * world + rank))
+    try:
+        return sample(student, processor, inputs.student_prompts, group_size=cfg.group_size,
+                      max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
+                      max_tokens=cfg.rollout_tokens)
+    except FloatingPointError:      # prefix.encode found the student's outputs non-finite
+        raise RuntimeError(f"step {inputs.step + 1}: the student's outputs are not finite, so its weights are broken "
+                           f"(by the updates of step {inputs.step}, lr {cfg.lr}, unless it was loaded so). Resume "
+                           "from the last checkpoint with a lower --lr") from None
+
+
+@contextlib.contextmanager
+def timed(seconds, phase):
+    start = time.perf_counter()
+    yield
+    seconds[phase] = time.perf_counter() - start
+
+
+def step_metrics(sums, gate_stats, ro, seconds, bad_images, device):
+    # The step's metrics over ALL ranks (the gate stats are this rank's: the gate never crosses ranks).
+    mask = ro.response_mask
+    k1, clip, tokens, rows, truncated = all_sum([sums["k1"], sums["clip"], mask.sum().item(), len(mask),
+                                                 ro.truncated.sum().item()], device)
+    len_max, = all_sum([mask.sum(1).max().item()], device, op=dist.ReduceOp.MAX)
+    return {"loss": sums["loss"], "kl/k1_mean": k1 / max(tokens, 1), "ppo/clip_frac": clip / max(tokens, 1),
+            "grad_norm": sums["grad_norm"], "skipped_updates": int(sums["skipped"]), **gate_stats,
+            "rollout/tokens": int(tokens), "rollout/len_mean": tokens / rows, "rollout/len_max": int(len_max),
+            "rollout/truncated_frac": truncated / rows, **{f"time/{k}": v for k, v in seconds.items()},
+            "rollout/tokens_per_s": tokens / seconds["rollout"],
+            "tokens_per_s": tokens / (seconds["rollout"] + seconds["teacher"] + seconds["update"]),
+            "data/bad_images": int(all_sum([bad_images], device)[0])}
 
 
 def answer_diagnostics(examples, ro, weights, processor, cfg, device):
@@ -328,12 +283,12 @@ def answer_diagnostics(examples, ro, weights, processor, cfg, device):
                for t, ex in zip(texts, (ex for ex in examples for _ in range(cfg.group_size)))]
     n_correct, n = all_sum([sum(correct), len(correct)], device)
     out = {"diag/rollout_acc": n_correct / n}
-    if cfg.method == "vzero":
+    if METHODS[cfg.method].weights is not unit_weights:      # the weights of a gate, not all ones
         pairs = [(float(w), c) for w, c in zip(weights.tolist(), correct)]
         if dist.is_initialized():
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, pairs)
-            pairs = [p for part in gathered for p in part]
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, pairs)
+            pairs = [p for part in parts for p in part]
         out["diag/gate_auroc"] = auroc([w for w, _ in pairs], [c for _, c in pairs])
     return out
 
@@ -346,7 +301,7 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     # before a model loads.
     check_config(cfg, world)
     examples = examples if examples is not None else data.load_examples(cfg.train_data)
-    if cfg.method != "opd-plain":
+    if set(METHODS[cfg.method].views) & {"pos", "neg"}:       # crops need boxes: refuse rows without, now
         data.check_views(examples, cfg.neg_view)
     settings = dataclasses.asdict(cfg)
     ckpt = checkpoint.open_run(cfg.out_dir, settings, FREE, cfg.resume, cfg.overwrite, rank)

@@ -24,6 +24,7 @@ import benchmarks
 import data
 import eval as ev
 import model as vlm
+from config import Config
 from gate import auroc
 from teacher import Teacher
 
@@ -674,7 +675,7 @@ def test_two_gloo_ranks_give_the_same_predictions_as_one(tmp_path):
 def diagnostics(tiny):
     teacher = Teacher(*vlm.load("tiny:qwen2_5_vl@1"), student_processor=tiny[1])
     examples = data.synthetic(3, 1)
-    return examples, *ev.gate_diagnostics(*tiny, teacher, examples, group_size=3, batch_size=2, max_new_tokens=5, explain=2)
+    return examples, *ev.gate_diagnostics(*tiny, teacher, examples, settings=Config(group_size=3), batch_size=2, max_new_tokens=5, explain=2)
 
 
 def test_gate_diagnostics_records_follow_eqs_17_to_20(diagnostics):
@@ -728,7 +729,7 @@ class TagChecker(HTMLParser):
 
 def test_explain_page_is_valid_html_with_every_sibling_and_three_images(diagnostics):
     examples, _, records = diagnostics
-    page = ev.explain_page(examples, records, title="t <&>")
+    page = ev.explain_page(examples, records, Config(group_size=3), title="t <&>")
     checker = TagChecker()
     checker.feed(page)
     checker.close()

@@ -18,6 +18,7 @@ import prefix as X
 import train
 from rollout import Rollout, sample
 from teacher import Teacher
+from update import micro_batches
 
 FAMILIES = ["qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 G, T = 3, 7
@@ -157,7 +158,7 @@ def test_packs_respect_the_budget():
     assert X.packs([9, 1, 1], 6) == [[0], [1, 2]]            # an item above the budget alone
     assert X.packs([9, 1, 1], None) == [[0, 1, 2]]
     # The update's micro-batches: whole groups while they fit, a larger group split by answers.
-    plan = train.micro_batches(range(3), [10, 30, 10], 2, 5, 60)
+    plan = micro_batches(range(3), [10, 30, 10], 2, 5, 60)
     assert plan == [([0], [0, 1], 1.0), ([1], [2], 1.0), ([1], [3], 1.0), ([2], [4, 5], 1.0)]
 
 

@@ -12,7 +12,9 @@ import torch.distributed.checkpoint as dcp
 
 import data
 import model as vlm
+import method
 import train
+import update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--student", "tiny:qwen2_5_vl", "--teacher", "tiny:qwen2_5_vl@1", "--train-data", "synthetic:32:0",
@@ -72,7 +74,7 @@ def test_steps_update_weights_and_write_metrics_and_checkpoint(tmp_path):
 def test_opd_equals_vzero_with_unit_weights(tmp_path, monkeypatch):
     _, opd = run(tmp_path, "--max-steps", "2", "--method", "opd", name="opd")
     ones = lambda lp_pos, lp_neg, mask, G, **kw: (torch.ones(mask.shape[0]), {})
-    monkeypatch.setattr(train, "evidence_gate", ones)
+    monkeypatch.setattr(method, "evidence_gate", ones)
     _, vz = run(tmp_path, "--max-steps", "2", name="vz")
     assert [m["loss"] for m in opd] == [m["loss"] for m in vz]
     assert_same_weights(weights_of(str(tmp_path / "opd" / "ckpt-000002")),
@@ -92,13 +94,13 @@ def test_answers_are_never_read_by_a_training_step(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_skips_the_update_and_is_counted(tmp_path, monkeypatch):
-    real_loss, calls = train.opd_loss, []
+    real_loss, calls = update.opd_loss, []
 
     def nan_first(*args, **kw):                 # the first mini-batch's loss is NaN
         loss, stats = real_loss(*args, **kw)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 1 else loss), stats
-    monkeypatch.setattr(train, "opd_loss", nan_first)
+    monkeypatch.setattr(update, "opd_loss", nan_first)
     _, history = run(tmp_path, "--max-steps", "2", "--update-tokens", "100000")   # 2 mini-batches x 1 micro
     assert [m["skipped_updates"] for m in history] == [1, 0]
     after = weights_of(str(tmp_path / "run" / "ckpt-000002"))
@@ -196,7 +198,8 @@ def test_fsdp2_resume_equals_uninterrupted(tmp_path, dtype):
 @pytest.mark.parametrize("extra, message", [
     (["--prompts-per-step", "3"], "mini-batches"),
     (["--group-size", "1"], "group-size"),
-    (["--method", "opd-plain", "--pos-view", "random"], "pos-view"),
+    (["--method", "vzero-random", "--group-size", "1"], "vzero-random needs --group-size >= 2"),
+    (["--method", "vzero-gated"], "--method 'vzero-gated': choose one of"),
 ])
 def test_impossible_configs_fail_clearly(tmp_path, extra, message):
     cfg = train.parse_args(TINY + ["--out-dir", str(tmp_path)] + extra)
@@ -272,6 +275,6 @@ def test_checkpoint_loads_with_the_standard_classes_and_gives_the_same_tokens(tm
     standard = AutoModelForImageTextToText.from_pretrained(ckpt)
     assert type(standard) is type(ours) and standard.dtype == torch.float32
     prompts = vlm.student_prompts(processor, [ex.image for ex in data.synthetic(2, 5)], ["Which symbol?"] * 2)
-    greedy = [train.sample(m, processor, prompts, group_size=1, max_new_tokens=6, greedy=True, score=False).response_ids
+    greedy = [train.sample(m, processor, prompts, group_size=1, max_new_tokens=6, greedy=True, old_logp=False).response_ids
               for m in (ours, standard.eval())]
     assert torch.equal(*greedy)
