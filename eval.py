@@ -75,7 +75,7 @@ from config import Config
 from gate import auroc, group_advantages, trajectory_scores
 from judge import Judge, said_yes
 from judge import MAX_NEW_TOKENS as JUDGE_MAX_NEW_TOKENS
-from method import METHODS, views_of
+from method import METHODS, answer_weights, views_of
 from rollout import decode, sample
 from teacher import Teacher
 
@@ -365,9 +365,7 @@ def gate_diagnostics(model, processor, teacher, examples, bench="zoom", *, setti
                     max_new_tokens=max_new_tokens, seed=[seed * 1_000_003 + i for i in idx])
         lp = teacher.replay(ro, prompts=teacher.prompts(full, questions, pos_crops=pos, neg_crops=neg, views=views))
         mask = ro.response_mask.to(lp["pos"].device)
-        w, _ = method.weights(lp, mask, G, settings)                     # [B*G], or [B*G, T] for token weights
-        if w.dim() == 2:                                                 # an answer's weight: its tokens' mean
-            w = (w * mask).sum(1) / mask.sum(1).clamp(min=1)
+        w = answer_weights(method.weights(lp, mask, G, settings)[0], mask)       # [B*G] the method's own
         # The gate's own stages, for the page: p (Eqs. 17-18), Delta [B*G, T], and a (Eq. 19).
         score, delta = trajectory_scores(lp["pos"], lp["neg"], mask, gamma=settings.gate_gamma)
         adv = group_advantages(score, G)

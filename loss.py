@@ -34,12 +34,14 @@ AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 
 def opd_loss(logp, old_logp, teacher_logp, mask, weights, *, estimator="k1", clip_eps=0.2,
              dual_clip=3.0, kl_clamp=10.0, agg="token-mean", num_tokens=None, num_seqs=None):
-    """Scalar loss (with grad through `logp` only) and a dict of Python-float stats.
+    """Scalar loss (with grad through `logp` only) and a dict of 0-dim tensor stats (no device sync
+    here: the caller reads what it logs, train.py syncs once per mini-batch).
 
     logp: [N, T] current student log-probs of the sampled tokens, WITH grad.
     old_logp: [N, T] the student's log-probs at sampling time (rollout.py), no grad.
     teacher_logp: [N, T] the teacher's log-probs under the positive view (x, z+), no grad.
-    mask: [N, T] True at real response tokens. weights: [N] gate weights (all ones = plain OPD).
+    mask: [N, T] True at real response tokens. weights: [N] gate weights (all ones = plain OPD), or
+    [N, T] token-level weights (docs/extending.md).
     num_tokens / num_seqs: global normalisers for token-mean / seq-mean-token-mean when one batch
     is split over micro-batches or ranks (None = this call's own count).
     """
@@ -51,8 +53,9 @@ def opd_loss(logp, old_logp, teacher_logp, mask, weights, *, estimator="k1", cli
         raise ValueError(f"opd_loss: logp {tuple(logp.shape)}, old_logp {tuple(old_logp.shape)}, "
                          f"teacher_logp {tuple(teacher_logp.shape)}, mask {tuple(mask.shape)} "
                          f"must all be the same [N, T] shape")
-    if weights.shape != (logp.shape[0],):
-        raise ValueError(f"opd_loss: weights must be [N]=[{logp.shape[0]}], got {tuple(weights.shape)}")
+    if weights.shape not in (logp.shape[:1], logp.shape):
+        raise ValueError(f"opd_loss: weights must be [N]=[{logp.shape[0]}] or [N, T]={list(logp.shape)}, got "
+                         f"{tuple(weights.shape)}")
     if not 0 < clip_eps < 1 or dual_clip <= 1 or kl_clamp <= 0:
         raise ValueError(f"opd_loss: need 0 < clip_eps < 1, dual_clip > 1, kl_clamp > 0; got "
                          f"{clip_eps}, {dual_clip}, {kl_clamp}")
@@ -63,7 +66,8 @@ def opd_loss(logp, old_logp, teacher_logp, mask, weights, *, estimator="k1", cli
     logp = torch.where(mask, logp, 0.0)
     old_logp = torch.where(mask, old_logp.detach(), 0.0)
     teacher_logp = torch.where(mask, teacher_logp.detach(), 0.0)
-    w = weights.detach().to(logp.dtype)[:, None]                   # [N, 1] stop-gradient (Eq. 20)
+    w = weights.detach().to(logp.dtype)                            # stop-gradient (Eq. 20)
+    w = w[:, None] if w.dim() == 1 else w                          # [N, 1] per answer, or [N, T] per token
 
     # Eq. 23: the sampled reverse-KL estimate ("k1"), with the CURRENT student detached, clamped
     # to +-kl_clamp so a single token the teacher finds absurd cannot dominate the batch.
@@ -75,7 +79,7 @@ def opd_loss(logp, old_logp, teacher_logp, mask, weights, *, estimator="k1", cli
     k1 = logp.detach() - teacher_logp                               # [N, T]
     d = k1.clamp(-kl_clamp, kl_clamp)
     ratio = torch.exp((logp - old_logp).clamp(-20.0, 20.0))         # [N, T], 1 on the first update
-    clipped_low = clipped_high = dual_clipped = torch.zeros_like(mask)
+    clipped = torch.zeros_like(mask)
 
     if estimator == "k1":
         # Eq. 24 in policy-gradient form: per-token reward -d_k, scaled by the response's gate.
@@ -86,10 +90,8 @@ def opd_loss(logp, old_logp, teacher_logp, mask, weights, *, estimator="k1", cli
         per_token = torch.maximum(loss_unclipped, loss_clipped)
         # Dual clip: for A < 0 a huge ratio would give an unbounded loss; cap it at -A * dual_clip.
         loss_dual = -advantage * dual_clip
-        dual_clipped = (advantage < 0) & (per_token > loss_dual) & mask
         per_token = torch.where(advantage < 0, torch.minimum(per_token, loss_dual), per_token)
-        clipped_high = (loss_clipped > loss_unclipped) & (ratio > 1.0) & mask
-        clipped_low = (loss_clipped > loss_unclipped) & (ratio < 1.0) & mask
+        clipped = (loss_clipped > loss_unclipped) & (ratio != 1.0) & mask      # the ratio clip bit
     else:
         # k3 = exp(t - s) - (t - s) - 1 >= 0, with t - s clamped to keep exp finite, and the
         # result clamped to kl_clamp like k1. The gradient flows through s = log pi_s.
@@ -111,16 +113,12 @@ def opd_loss(logp, old_logp, teacher_logp, mask, weights, *, estimator="k1", cli
         denom = (row_tokens > 0).sum() if num_seqs is None else torch.as_tensor(num_seqs)
         loss = row_mean.sum() / denom.clamp(min=1)
 
-    n = tokens_here.clamp(min=1).item()
+    # What train.py logs, as 0-dim tensors; means over this call's tokens in float64, so a caller
+    # can weight them by "tokens" and sum micro-batches exactly.
+    n = tokens_here.clamp(min=1)
     stats = {
-        "loss": loss.item(),
-        "kl/k1_mean": (k1 * mask).sum().item() / n,                 # teacher KL estimate (Eq. 5)
-        "kl/k1_abs_mean": (k1.abs() * mask).sum().item() / n,
-        "ppo/clip_frac": (clipped_low | clipped_high).sum().item() / n,
-        "ppo/clip_high_frac": clipped_high.sum().item() / n,
-        "ppo/clip_low_frac": clipped_low.sum().item() / n,
-        "ppo/dual_clip_frac": dual_clipped.sum().item() / n,
-        "ppo/ratio_mean": (ratio.detach() * mask).sum().item() / n,
-        "tokens": int(tokens_here),
+        "kl/k1_mean": (k1 * mask).sum().double() / n,               # teacher KL estimate (Eq. 5)
+        "ppo/clip_frac": clipped.sum().double() / n,                # tokens whose ratio was clipped
+        "tokens": tokens_here,
     }
     return loss, stats

@@ -65,3 +65,11 @@ def views_of(example, cfg):
     (the box, or a random place), its z- mode, crop margin, minimum side and seed."""
     return data.evidence_views(example, cfg.neg_view, pos_mode=METHODS[cfg.method].pos_crop, seed=cfg.seed,
                                margin=cfg.crop_margin, min_side=cfg.crop_min_side)
+
+
+def answer_weights(weights, mask):
+    """[N] one weight per answer: the method's own, or for token-level weights [N, T] their mean over
+    the answer's tokens (what diagnostics compare across answers)."""
+    if weights.dim() == 1:
+        return weights
+    return (weights * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -45,7 +45,7 @@ import checkpoint  # noqa: E402
 import data  # noqa: E402
 import model as vlm  # noqa: E402
 from gate import auroc  # noqa: E402
-from method import METHODS, unit_weights, views_of  # noqa: E402
+from method import METHODS, answer_weights, unit_weights, views_of  # noqa: E402
 from parallel import MasterWeights, all_sum, end_distributed, fp32_allreduce, load_sharded, setup_distributed  # noqa: E402
 from prefix import GroupScorer, enable_gradient_checkpointing  # noqa: E402
 from rollout import decode, sample, unwrap  # noqa: E402
@@ -284,7 +284,7 @@ def answer_diagnostics(examples, ro, weights, processor, cfg, device):
     n_correct, n = all_sum([sum(correct), len(correct)], device)
     out = {"diag/rollout_acc": n_correct / n}
     if METHODS[cfg.method].weights is not unit_weights:      # the weights of a gate, not all ones
-        pairs = [(float(w), c) for w, c in zip(weights.tolist(), correct)]
+        pairs = [(float(w), c) for w, c in zip(answer_weights(weights, ro.response_mask).tolist(), correct)]
         if dist.is_initialized():
             parts = [None] * dist.get_world_size()
             dist.all_gather_object(parts, pairs)

@@ -66,6 +66,7 @@ def update(cfg, student, optimizer, master, ro, target_logp, weights, step, worl
                 # DDP/FSDP average gradients over ranks; the loss is already a global mean: undo it.
                 (loss * world * scale).backward()
                 mini_loss += loss.item() * scale
+                # Logged sums stay tensors (float64): no device sync per micro-batch for them.
                 sums["k1"] += stats["kl/k1_mean"] * stats["tokens"] * scale
                 sums["clip"] += stats["ppo/clip_frac"] * stats["tokens"] * scale
         grad_norm, mini_loss, stepped = optimizer_step(cfg, optimizer, master, mini_loss, device,
@@ -74,7 +75,7 @@ def update(cfg, student, optimizer, master, ro, target_logp, weights, step, worl
         sums["loss"] += mini_loss / cfg.mini_batches
         sums["grad_norm"] += grad_norm / cfg.mini_batches
     optimizer.zero_grad(set_to_none=True)
-    return sums
+    return {k: float(v) for k, v in sums.items()}
 
 
 def optimizer_step(cfg, optimizer, master, mini_loss, device, where):
