@@ -83,6 +83,10 @@ class Config:
                                 "replaced by another prompt of its batch and counted (data/bad_images), not fatal",
                                 free=True)
     seed: int = arg(0, "base seed; rank r uses seed + r", min=0)
+    preflight: bool = arg(False, "run the worst step of this run once (largest image, longest question, every "
+                          "answer --max-new-tokens long) and print each phase's seconds, peak memory and headroom, "
+                          "and the run's projected wall time; writes nothing. The first command of a real run",
+                          free=True)
     # systems
     fsdp: bool = arg(False, "shard the student with FSDP2 (default: DDP replicas; no-op on one process). Sampling "
                      "and the update gather it whole on each GPU once per phase (bf16: 9 GB for 4.5B parameters)",

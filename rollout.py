@@ -57,7 +57,7 @@ def response_mask_from(response_ids, eos_ids):
 
 @torch.no_grad()
 def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature=1.0, top_p=1.0,
-           greedy=False, seed=None, old_logp=True, max_tokens=None):
+           greedy=False, seed=None, old_logp=True, max_tokens=None, min_new_tokens=None):
     """Sample `group_size` responses for each of the B prompt rows of `prompts`; return a Rollout.
 
     seed: None (use the global RNG), an int (seeds the RNG once, then the generate calls), or a list
@@ -65,6 +65,7 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
     depend on which other prompts share the batch (or the rank): the same run on 1 or 8 ranks
     samples the same tokens. Slower (B calls), so it is a choice, not the default.
     old_logp=False skips the old_logp forward (evaluation reads only the tokens).
+    min_new_tokens: no EOS before this many tokens (the preflight samples every answer to its maximum).
     max_tokens bounds one generate call: prompts are sampled in packs holding at most this many
     cache positions, G x (prompt + max_new_tokens) per prompt (None: all in one call); the
     old_logp forwards hold at most as many."""
@@ -89,6 +90,8 @@ def sample(model, processor, prompts, *, group_size, max_new_tokens, temperature
     # ranks stop together); our ranks need none, the parameters are gathered (below).
     knobs.update(max_new_tokens=max_new_tokens, repetition_penalty=1.0, eos_token_id=eos_ids, synced_gpus=False,
                  pad_token_id=gen_cfg.pad_token_id, suppress_tokens=vision_token_ids(processor))  # could not be re-scored
+    if min_new_tokens:
+        knobs["min_new_tokens"] = min_new_tokens
     # Packs of prompts per generate call; per-prompt seeds: one prompt per call.
     packs_ = [[b] for b in range(num_prompts)] if per_prompt_seeds else \
         packs([G * (int(n) + max_new_tokens) for n in prompts["attention_mask"].sum(1)], max_tokens)

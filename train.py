@@ -16,7 +16,6 @@ No answer label is read by the step; answers, when the data has them, only feed 
 diagnostics after the update. Defaults are the authors' released recipe (docs/method.md).
 """
 
-import contextlib
 import copy
 import dataclasses
 import os
@@ -46,6 +45,7 @@ import data  # noqa: E402
 import model as vlm  # noqa: E402
 from gate import auroc  # noqa: E402
 from method import METHODS, answer_weights, unit_weights, views_of  # noqa: E402
+from preflight import Meter, Phases, worst_case  # noqa: E402
 from parallel import MasterWeights, all_sum, end_distributed, fp32_allreduce, load_sharded, setup_distributed  # noqa: E402
 from prefix import GroupScorer, enable_gradient_checkpointing  # noqa: E402
 from rollout import decode, sample, unwrap  # noqa: E402
@@ -168,6 +168,7 @@ class StepInputs:
     teacher_prompts: object   # teacher.TeacherPrompts of the views the method replays
     seconds: float
     bad_images: int = 0       # replaced by other prompts of the batch (--skip-bad-images)
+    max_length: bool = False  # sample every answer to --max-new-tokens (the preflight's worst case)
 
 
 def prepare(cfg, examples, step, rank, world, processor, teacher):
@@ -202,23 +203,26 @@ def prepare(cfg, examples, step, rank, world, processor, teacher):
 
 
 # ---------------------------------------------------------------------------------------------
-def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device, progress=print):
+def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device, progress=print,
+               seconds=None):
     """One step of Algorithm 1 on this rank's B prompts; returns the step's metrics (over all ranks).
-    progress(text): where to say which phase runs (the progress bar)."""
+    progress(text): where to say which phase runs (the progress bar). seconds: what times each
+    phase (preflight.Phases; the preflight's Meter also measures memory)."""
     method, G, B = METHODS[cfg.method], cfg.group_size, len(inputs.examples)
-    seconds = {"prepare": inputs.seconds}
+    seconds = Phases() if seconds is None else seconds
+    seconds["prepare"] = inputs.seconds
 
     # 1. Rollout (Alg. 1 lines 5-7): the student samples G answers per prompt from the full image x.
     #    ro.response_ids, ro.response_mask, ro.old_logp: [B*G, T], the G siblings in contiguous rows.
     progress(f"rollout: {B} prompts x {G}")
-    with timed(seconds, "rollout"):
+    with seconds("rollout"):
         ro = rollout(cfg, inputs, student, processor, rank, world)
     mask = ro.response_mask                                                           # [B*G, T]
 
     # 2. Teacher replay (lines 8-10): log pi_t(y_k | view, y_<k) of the SAME tokens under each view
     #    the method needs: lp["pos"] under (x, z+), lp["neg"] under (x, z-). [B*G, T] each, no grad.
     progress(f"teacher: {B * G} answers, {int(mask.sum())} tokens")
-    with timed(seconds, "teacher"):
+    with seconds("teacher"):
         lp = teacher.replay(ro, prompts=inputs.teacher_prompts)
 
     # 3. One weight per answer (V-Zero: the contrastive evidence gate, Eqs. 17-20; OPD: ones). [B*G].
@@ -226,7 +230,7 @@ def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank
 
     # 4. Update (lines 11-13): the weighted distillation loss toward the target view (Eqs. 23-24),
     #    on mini-batches of whole groups, one optimizer step each (update.py: the machinery).
-    with timed(seconds, "update"):
+    with seconds("update"):
         sums = update(cfg, student, optimizer, master, ro, lp[method.target], weights, inputs.step, world, device,
                       progress)
 
@@ -245,18 +249,11 @@ def rollout(cfg, inputs, student, processor, rank, world):
     try:
         return sample(student, processor, inputs.student_prompts, group_size=cfg.group_size,
                       max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=seed,
-                      max_tokens=cfg.rollout_tokens)
+                      max_tokens=cfg.rollout_tokens, min_new_tokens=cfg.max_new_tokens if inputs.max_length else None)
     except FloatingPointError:      # prefix.encode found the student's outputs non-finite
         raise RuntimeError(f"step {inputs.step + 1}: the student's outputs are not finite, so its weights are broken "
                            f"(by the updates of step {inputs.step}, lr {cfg.lr}, unless it was loaded so). Resume "
                            "from the last checkpoint with a lower --lr") from None
-
-
-@contextlib.contextmanager
-def timed(seconds, phase):
-    start = time.perf_counter()
-    yield
-    seconds[phase] = time.perf_counter() - start
 
 
 def step_metrics(sums, gate_stats, ro, seconds, bad_images, device):
@@ -352,6 +349,23 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     return history
 
 
+def preflight(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
+    """--preflight: the run's worst step, once, measured phase by phase (preflight.py); writes nothing."""
+    check_config(cfg, world)
+    examples = examples if examples is not None else data.load_examples(cfg.train_data)
+    transformers.logging.disable_progress_bar()
+    torch.manual_seed(cfg.seed + rank)
+    student, processor, teacher, optimizer, master = build(cfg, rank, world, device)
+    inputs = prepare(cfg, worst_case(examples, cfg), 0, rank, world, processor, teacher)
+    meter = Meter(cfg, device)
+    metrics = train_step(cfg, dataclasses.replace(inputs, max_length=True), student, processor, teacher, optimizer,
+                         master, rank, world, device, progress=lambda text: None, seconds=meter)
+    report = meter.report(cfg, world)
+    if rank == 0:
+        print(report)
+    return meter, metrics
+
+
 def summary(cfg, world, num_examples):
     # The run in a few lines; every setting is in out_dir/train_config.json.
     return (f"{cfg.method}: student {cfg.student}, teacher {cfg.teacher}\n"
@@ -372,7 +386,7 @@ def main(argv=None):
         return runpy.run_module("toy", run_name="__main__")     # (toy imports train, not the other way)
     cfg = parse_args(argv, description=__doc__)
     rank, world, device = setup_distributed()
-    train(cfg, rank, world, device)
+    (preflight if cfg.preflight else train)(cfg, rank, world, device)
     end_distributed()
 
 
