@@ -65,15 +65,11 @@ Strict rules, case by case against official (deliberate: read the answer a caref
 Tests: python -m pytest -q tests/test_eval.py tests/test_answer_rules_parity.py
 """
 
+import functools
 import logging
 import re
 
-from mathruler.grader import grade_answer
-
 import data
-
-# mathruler parses LaTeX with pylatexenc, which logs a warning for every "\\frac12"-like input.
-logging.getLogger("pylatexenc").setLevel(logging.ERROR)
 
 RULES = ("official", "strict")
 STRIP = ("upstream", "on", "off")
@@ -243,12 +239,22 @@ def _zwz_extract(text):
     return "\n".join(text.split("\n")[-3:])
 
 
+@functools.cache
+def _mathruler():
+    # mathruler's grade_answer, imported on first use: it pulls in sympy (1.5 s on 2 busy cores),
+    # which only ZoomBench's rule needs. pylatexenc, its LaTeX parser, logs a warning for every
+    # "\\frac12"-like input; quieted.
+    from mathruler.grader import grade_answer
+    logging.getLogger("pylatexenc").setLevel(logging.ERROR)
+    return grade_answer
+
+
 def _zoombench_official(text, ex):
     extracted = _zwz_extract(text)
     # ZwZ calls grade_answer(gt, extracted), the gold in the `given` slot, with the gold as the file
     # stores it (meta["gold"]; ex.answer is its letter for an MCQ), and counts an exception as no.
     try:
-        ok = grade_answer(ex.meta.get("gold", ex.answer), extracted)
+        ok = _mathruler()(ex.meta.get("gold", ex.answer), extracted)
     except Exception:
         ok = False
     return extracted, (extracted if ok else None), (True if ok else None)

@@ -610,6 +610,7 @@ def test_cli_writes_predictions_table_and_warns_when_blind_is_not_lower(tmp_path
     results = json.load(open(out / "results.json"))
     full, blind = results["accuracy"]["full"]["overall"], results["accuracy"]["blind"]["overall"]
     assert 0.0 <= full["accuracy"] <= 1.0 and full["n"] == 3 and results["rules"] == "official"
+    assert results["strip_reasoning"] == "upstream" and results["protocol"]["rules_and_judge"] is None
     table = (out / "results.md").read_text()
     assert "| metric | n | accuracy % | blind % |" in table and "| overall | 3 |" in table
     assert len(open(out / "predictions_blind.jsonl").readlines()) == 3 and "MiB RSS" in table
@@ -622,7 +623,8 @@ def test_cli_writes_predictions_table_and_warns_when_blind_is_not_lower(tmp_path
 
 def test_report_counts_errors_and_warns_only_when_blind_is_not_lower():
     args = SimpleNamespace(model="m", bench="zoom", data="d", max_new_tokens=4, gate_teacher=None, judge=None,
-                           rules="official", setup="greedy", seed=0, min_pixels=None, max_pixels=None)
+                           rules="official", strip_reasoning="upstream", setup="greedy", seed=0, min_pixels=None,
+                           max_pixels=None)
     examples = data.synthetic(3, 1)
     row = lambda i, ok: {"index": i, "id": f"x{i}", "correct": ok, "verdict": ok, "truncated": False, "meta": {}}
     bad = {"index": 2, "id": "x2", "error": "hr.tsv row 2: column image: not valid base64", "meta": {}}
@@ -634,6 +636,27 @@ def test_report_counts_errors_and_warns_only_when_blind_is_not_lower():
     assert "WARNING" in ev.report(args, examples, {"full": [row(0, True), row(1, False)],
                                                    "blind": [row(0, True), row(1, True)]}, None, "")
     assert "Chance (uniform over each item's options): 25.0%" in text
+
+
+def test_report_names_each_numbers_protocol_and_marks_the_unofficial_ones():
+    args = SimpleNamespace(model="m", bench="mmstar", data="d", max_new_tokens=4, gate_teacher=None, judge="J",
+                           rules="official", strip_reasoning="upstream", setup="greedy", seed=0, min_pixels=None,
+                           max_pixels=None)
+    rows = [{"index": i, "id": f"x{i}", "correct": i == 0, "correct_judged": i < 2, "verdict": True if i == 0 else None,
+             "judge_yes": i == 1, "truncated": False, "meta": {"category": "math"}} for i in range(3)]
+    text = ev.report(args, data.synthetic(3, 1), {"full": rows}, None, "")
+    assert ("Protocol of the rule-only numbers: MMStar eval/vlmeval/evaluate/mmstar.py MMStar_eval @ 88f243ab; "
+            "reasoning blocks not removed (the raw output), upstream's default.") in text
+    assert ("Protocol of the rule + judge numbers: then judge J on the unsettled items: NOT an official protocol "
+            "(MMStar_eval settles every non-hit as wrong).") in text
+    args.strip_reasoning, args.judge = "on", None
+    text = ev.report(args, data.synthetic(3, 1), {"full": rows}, None, "")
+    assert "lmms-eval's <think> and <analysis> tags), NOT an official protocol: this scorer has no such option" in text
+    assert "rule + judge" not in text
+    base = ["--model", "m", "--bench", "mmstar", "--data", "d", "--out-dir", "o"]
+    assert ev.parse_args(base + ["--strip-reasoning", "on"]).strip_reasoning == "on"
+    with pytest.raises(SystemExit):  # strict always reads the answer part: the flag would do nothing
+        ev.parse_args(base + ["--rules", "strict", "--strip-reasoning", "off"])
 
 
 def test_two_gloo_ranks_give_the_same_predictions_as_one(tmp_path):
