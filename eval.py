@@ -241,9 +241,9 @@ def evaluate(model, processor, examples, bench="zoom", *, view="full", rules="of
     """(accuracy, records): accuracy {name: value in [0, 1]} as the benchmark reports it, "overall"
     first, rule-only, over the items without an error; records one per item in example order.
     examples may hold benchmarks.BadItem (recorded as errors). bench picks the answer rule and the
-    aggregation ("zoom" for zoom-world examples); rules and strip how (answer_rules.verdict). With a
-    Log, finished batches are appended as
-    they come and the items it already holds are not asked again."""
+    aggregation ("zoom" for zoom-world examples); rules and strip how it reads answers
+    (answer_rules.verdict). With a Log, finished batches are appended as they come and the items it
+    already holds are not asked again."""
     missing = [ex.id for ex in examples if isinstance(ex, data.Example) and ex.answer is None]
     if missing:
         raise ValueError(f"evaluate: {len(missing)} examples have no answer (field answer), e.g. {missing[:3]}")
@@ -661,8 +661,9 @@ def parse_args(argv=None):
         if args.bench != "zoom":
             ap.error(f"--data is required for --bench {args.bench}")
         args.data = "synthetic:256:1"
-    if args.rules == "strict" and args.strip_reasoning != "upstream":
-        ap.error("--strip-reasoning applies to the official rules; strict always reads the answer part only")
+    if args.strip_reasoning != "upstream" and (args.rules == "strict" or args.bench in ("jsonl", "zoom")):
+        ap.error("--strip-reasoning applies to the official rules of the benchmarks; strict and the project's own "
+                 "formats always read the answer part only")
     if args.explain and not args.gate_teacher:
         ap.error("--explain needs --gate-teacher (the colours are the teacher's evidence gap)")
     for key in ("min_pixels", "max_pixels", "max_new_tokens"):  # explicit flags win over the setup
