@@ -1,53 +1,78 @@
 """
 Answer rules: what a benchmark's scorer reads from a response, and whether that is right.
 
-    extracted, pred, verdict = answer_rules.verdict("hrbench", response, ex, rules="official")
+    extracted, pred, verdict = answer_rules.verdict("hrbench", response, ex, rules="official", strip="upstream")
 
 verdict is True / False, or None when the rule cannot settle the item: it reads no answer from
 the response. None counts as wrong in the rule-only accuracy, as every official scorer counts it;
 those are the items an LLM judge (judge.py, `eval.py --judge MODEL`) is asked about.
 
 Two rule sets (`eval.py --rules`):
-  official (default)  each benchmark's reference scorer, re-implemented from its published code, so
-                      the numbers sit beside published ones. Quirks included: lmms-eval's V* rule
-                      reads "Based on the image..." as B, MMStar's reads the first character.
-  strict              the project's own, stricter reading: a letter counts only when it stands
-                      alone (never the first letter of a word), <answer>...</answer> is honoured,
-                      and ZoomBench MCQs may be settled by the option letter. Not comparable with
-                      published numbers; use it to see how much the official quirks move a score.
+  official (default)  each benchmark's reference scorer applied to the RAW response exactly as
+                      upstream applies it: the same whitespace, the same Unicode case behaviour,
+                      every clause, quirks included (lmms-eval's V* rule reads "Based on ..." as B,
+                      MMStar's reads the first character). Checked case by case against the
+                      upstream code run verbatim (tests/test_answer_rules_parity.py).
+  strict              the project's own reading (below); not comparable with published numbers.
 
-  bench         official rule (source, version read)
-  vstar         lmms-eval tasks/vstar_bench extract_answer_letter (lmms-eval 75571cfe): five
-                ordered patterns on the upper-cased response, then a lone A-D letter
-  hrbench       VLMEvalKit can_infer, exact-matching mode (VLMEvalKit e8e78f05): one option letter
-                among the last 4 tokens, "answer is X", then exactly one option text; a refusal
-                phrase or a lone "Z" reads as Z (wrong). VLMEvalKit's GPT fallback = our judge
-  mmerealworld  MME-RealWorld evaluation/eval_your_results.py extract_characters_regex: the first
-                capital A-E anywhere after dropping "The answer is"-style prefixes (two pairs of
-                that list lack a comma and fuse, as upstream); else a short response that is part
-                of one "(X) option" string
-  mmstar        MMStar eval/vlmeval/evaluate/mmstar.py MMStar_eval: the gold letter equals the
-                first character, or the one after "(", "option " or "the answer is "
-  zoombench     ZwZ mm-eval/judge_qwenlm.py: <answer> span, else from "Answer:", else the last 3
-                lines; then mathruler's grade_answer against the gold (`grade_answer` below).
-                ZwZ sends everything else to its LLM judge (ZoomBench is not on its MCQ list), so
-                the rule settles only correct items; the rest is None
+  bench         official rule (source, commit read)
+  vstar         lmms-eval tasks/vstar_bench/utils.py extract_answer_letter (75571cfe): five ordered
+                patterns, case-insensitive, on the upper-cased response, then its only A-D letter
+  hrbench       VLMEvalKit utils/matching_util.py can_infer, exact-matching mode (e8e78f05): one
+                option letter among the last 4 tokens, "answer is X", then exactly one option text;
+                a refusal phrase or a lone "Z" reads as Z (wrong); "Failed to obtain answer via
+                API" skips to the option text. VLMEvalKit's GPT fallback is not reproduced. The
+                HR-Bench authors' older copy (DreamMr/HR-Bench b17b1998, vlmeval/utils/matching_util.py)
+                has no last-4-tokens limit, no "answer is X" clause and no length limit on option
+                text, and the authors' own evaluate() asks a local LLM instead; published numbers
+                may come from either
+  mmerealworld  MME-RealWorld evaluation/eval_your_results.py extract_characters_regex (87096fcf):
+                the first capital A-E anywhere after dropping "The answer is"-style prefixes (two
+                pairs of that list lack a comma and fuse, as upstream); else a short response that
+                is part of one "(X) option" string
+  mmstar        MMStar eval/vlmeval/evaluate/mmstar.py MMStar_eval (88f243ab): the gold letter
+                equals the first character, or the one after "(", "option " or "the answer is "
+  zoombench     ZwZ mm-eval/judge_qwenlm.py (fdc0ba1a): <answer> span, else from "Answer:", else
+                the last 3 lines; then mathruler.grader.grade_answer(gold, extracted), the released
+                package itself (mathruler 0.1.0, LaTeX parsed by pylatexenc). ZwZ sends everything
+                else to its LLM judge (ZoomBench is not on its MCQ list): the rule settles only
+                correct items, the rest is None
   jsonl, zoom   the project's formats: data.match_choice for choices, normalized equality else
                 (one rule, both sets)
 
-Before every official rule the model's reasoning block is removed as lmms-eval does by default
-(each <think>...</think> block; after a lone </think>, what follows). Thinking is off in this
-project's prompts, so usually there is none. Differences from upstream: mathruler's LaTeX parsing
-(pylatexenc) and \\frac / \\sqrt brace repair are left out (ZoomBench answers are words, letters
-and counts); ZwZ's grader compares against the gold as the file stores it, here the gold letter.
-Tests: python -m pytest -q tests/test_eval.py (one table of hand-made responses per benchmark).
+Reasoning blocks (`strip`, eval.py --strip-reasoning): "upstream" (default) does what each scorer
+does by default: lmms-eval removes <think>...</think> AND <analysis>...</analysis> blocks before the
+V* rule (drop_thinking); VLMEvalKit, MME-RealWorld's, MMStar's and ZwZ's scorers read the raw
+output. "on" removes them everywhere: on HR-Bench as VLMEvalKit does with SPLIT_THINK=True
+(split_thinking), elsewhere as lmms-eval does; "off" nowhere (V*: lmms-eval's --reasoning_tags
+none). Only V* and HR-Bench have such a switch upstream; PROTOCOLS says which settings are official.
+
+Strict rules, case by case against official (deliberate: read the answer a careful human would):
+  all           the answer part only: after the last </think>, inside the last <answer>...</answer>
+                (official: only V* drops reasoning; only ZwZ reads <answer>), surrounding
+                whitespace dropped
+  vstar         a capital A-D standing alone, never the first letter of a word: "Based on ... D"
+                reads D (official: B); lower-case "b" is not a letter (official: B, it upper-cases)
+  hrbench       one option letter as a token anywhere, no last-4-tokens limit and no "answer is X"
+                clause ("D is the answer, sure" reads D; official: unsettled); option text as official
+  mmerealworld  every prefix removed (official: two fused), a standalone A-E (official: the first
+                capital anywhere, "Based" -> B); an empty response reads nothing (official: A)
+  mmstar        the letter at MMStar's positions must stand alone ("cat" is not C; official: C)
+  zoombench     normalized string equality, no mathruler (a LaTeX answer stays unsettled; official:
+                grade_answer decides), no <answer> quirk; an MCQ may be settled by the letter it
+                names (official: never, only the judge), so strict can say wrong where official
+                says "judge"
+Tests: python -m pytest -q tests/test_eval.py tests/test_answer_rules_parity.py
 """
 
+import functools
+import logging
 import re
 
 import data
 
 RULES = ("official", "strict")
+STRIP = ("upstream", "on", "off")
 LETTERS = "ABCDEFGH"
 
 
@@ -66,42 +91,72 @@ def _first(patterns, text, flags=0):
 
 
 # ----------------------------------------------------------------------------------------------
-# Official rules. Each gets the response with its reasoning block removed; letter rules return the
-# letter they read (or None), MMStar's and ZoomBench's the (extracted, pred, verdict) triple.
+# Reasoning blocks, removed as upstream removes them (only where a scorer does, see `strip`).
+
+LMMS_EVAL_REASONING_TAGS = (("<think>", "</think>"), ("<analysis>", "</analysis>"))  # --reasoning_tags default
+
 
 def drop_thinking(text):
-    """lmms-eval's default reasoning-tag stripping: every <think>...</think> block goes; a lone
-    </think> (the chat template opened the block) keeps what follows; an unclosed <think> stays."""
-    while "<think>" in text and "</think>" in text[text.find("<think>"):]:
-        start = text.find("<think>")
-        text = text[:start] + text[text.find("</think>", start) + len("</think>"):]
-    if "</think>" in text and "<think>" not in text:
-        text = text.rsplit("</think>", 1)[1]
+    """lmms-eval's strip_reasoning_tags (api/reasoning.py) with its default tag pairs: per pair, each
+    closed block goes; a lone closing tag (the chat template opened the block) keeps what follows
+    its last occurrence; an unclosed opening tag stays. The result is stripped of whitespace."""
+    for start_tag, end_tag in LMMS_EVAL_REASONING_TAGS:
+        while start_tag in text and end_tag in text:
+            start = text.find(start_tag)
+            end = text.find(end_tag, start)
+            if end == -1:  # the only closing tag comes before the opening one
+                break
+            text = text[:start] + text[end + len(end_tag):]
+        if end_tag in text and start_tag not in text:
+            text = text.rsplit(end_tag, 1)[-1]
     return text.strip()
 
 
-VSTAR_PATTERNS = [r"^([A-D])\s*[.)\]]*",                                   # starts with the letter
+def split_thinking(text):
+    """VLMEvalKit's split_thinking (inference.py, SPLIT_THINK=True): what follows the last </think>,
+    stripped; a response without </think> unchanged (whitespace included)."""
+    return text.split("</think>")[-1].strip() if "</think>" in text else text
+
+
+def _reasoning_stripper(bench, strip):
+    # The function applied to the raw response before the official rule, or None.
+    if strip not in STRIP:
+        raise ValueError(f"unknown strip {strip!r}; choose one of {STRIP}")
+    if strip == "off" or (strip == "upstream" and bench != "vstar"):
+        return None
+    return split_thinking if bench == "hrbench" else drop_thinking
+
+
+# ----------------------------------------------------------------------------------------------
+# Official rules. Each gets the response exactly as its scorer gets it; letter rules return the
+# letter they read (or None), MMStar's and ZoomBench's the (extracted, pred, verdict) triple.
+
+VSTAR_PATTERNS = [r"^([A-D])\s*[\.)\]]*",                                  # starts with the letter
                   r"(?:THE\s+)?(?:ANSWER|CHOICE|OPTION)(?:\s+IS)?[\s:]+([A-D])",  # "ANSWER: B"
                   r"\(([A-D])\)",                                           # "(B)" anywhere
-                  r"([A-D])\s*(?:\.|\)|\])",                                # "B." "B)" "B]", also "RED."
+                  r"([A-D])\s*(?:\.|\)|])",                                 # "B." "B)" "B]", also "RED."
                   r"(?:^|\s)([A-D])(?:\s|$)"]                               # a lone letter, also "A GLOVE"
 
 
 def _vstar_official(text, ex):
-    up = text.strip().upper()  # upper-cased first: every word starting with A-D can match
-    letter = _first(VSTAR_PATTERNS, up)
-    if letter is None:  # then: the only A-D character of the whole response
-        found = re.findall("[A-D]", up)
-        letter = found[0] if len(found) == 1 else None
-    return letter
+    # Upper-cased first, so every word starting with A-D can match; IGNORECASE as upstream (it
+    # matters for characters like U+0130, whose upper case is itself but which matches "I").
+    up = text.strip().upper()
+    letter = _first(VSTAR_PATTERNS, up, re.IGNORECASE)
+    if letter is not None:
+        return letter.upper()
+    found = re.findall("[A-D]", up)  # then: the only A-D character of the whole response
+    return found[0] if len(found) == 1 else None
 
 
 VLMEVAL_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
                     "I'm sorry, but without the image provided", "Cannot determine the answer")
 
 
-def _hrbench_official(text, ex):
-    letters = _letters(ex)
+def _vlmeval_option(text, letters):
+    # can_infer_option: an option letter as a token (punctuation made space), or "Z", or None.
+    if "Failed to obtain answer via API" in text:
+        return None  # the API-failure marker: no letter is read, the option text still may be
     if any(phrase in text for phrase in VLMEVAL_REFUSALS):
         return "Z"  # VLMEvalKit's "refused" prediction: settled, and never the gold
     tokens = re.sub(r"[.()\[\],:;!*#{}]", " ", text).split()
@@ -114,11 +169,19 @@ def _hrbench_official(text, ex):
     m = re.search(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", text)  # also "answer is Blue" -> B
     if m and m.group(1).upper() in letters:
         return m.group(1).upper()
-    # can_infer_text: in a response at most twice as long as all option texts together, exactly
-    # one option text occurs (case-insensitive substring).
-    if len(text) > 2 * sum(len(c) for c in ex.choices):
+    return None
+
+
+def _hrbench_official(text, ex):
+    letter = _vlmeval_option(text, _letters(ex))
+    if letter:
+        return letter
+    # can_infer_text: in a response at most twice as long as all option texts together (its length
+    # taken AFTER lower(), which lengthens e.g. U+0130), exactly one option text occurs.
+    low = text.lower()
+    if len(low) > 2 * sum(len(c) for c in ex.choices):
         return None
-    named = [l for l, c in zip(letters, ex.choices) if c.lower() in text.lower()]
+    named = [l for l, c in zip(_letters(ex), ex.choices) if c.lower() in low]
     return named[0] if len(named) == 1 else None
 
 
@@ -139,9 +202,11 @@ def _mme_official(text, ex):
         return m.group(0)
     # No capital A-E: the first option string "(X) text" that contains the response (not
     # re-stripped after the prefixes went; an empty response is in every option, so reads A).
-    for letter, choice in zip(_letters(ex), ex.choices):
-        if s.lower() in f"({letter}) {choice}".lower():
-            return letter
+    # The strings as the file has them (meta "options"), else rebuilt from the option texts.
+    options = ex.meta.get("options") or [f"({l}) {c}" for l, c in zip(_letters(ex), ex.choices)]
+    for option in options:
+        if s.lower() in option.lower():
+            return option[1]
     return None
 
 
@@ -155,7 +220,7 @@ def _mmstar_official(text, ex):
         reads.append(p[7:8])
     if p.startswith("the answer is "):
         reads.append(p[14:15])
-    if ex.answer.lower() in reads:
+    if ex.answer.lower().strip() in reads:
         return text, ex.answer, True
     # Not a hit: settled wrong when some read is an option letter (the scorer read a letter that is
     # not the gold), unsettled when none is (the response never named a letter where it looks).
@@ -174,156 +239,30 @@ def _zwz_extract(text):
     return "\n".join(text.split("\n")[-3:])
 
 
+@functools.cache
+def _mathruler():
+    # mathruler's grade_answer, imported on first use: it pulls in sympy (1.5 s on 2 busy cores),
+    # which only ZoomBench's rule needs. pylatexenc, its LaTeX parser, logs a warning for every
+    # "\\frac12"-like input; quieted.
+    from mathruler.grader import grade_answer
+    logging.getLogger("pylatexenc").setLevel(logging.ERROR)
+    return grade_answer
+
+
 def _zoombench_official(text, ex):
     extracted = _zwz_extract(text)
-    # ZwZ calls grade_answer(gt, extracted): the gold in the `given` slot (the roles differ only
-    # in two asymmetric checks, kept).
-    ok = grade_answer(ex.answer, extracted)
+    # ZwZ calls grade_answer(gt, extracted), the gold in the `given` slot, with the gold as the file
+    # stores it (meta["gold"]; ex.answer is its letter for an MCQ), and counts an exception as no.
+    try:
+        ok = _mathruler()(ex.meta.get("gold", ex.answer), extracted)
+    except Exception:
+        ok = False
     return extracted, (extracted if ok else None), (True if ok else None)
 
 
 # ----------------------------------------------------------------------------------------------
-# mathruler's grade_answer (hiyouga/MathRuler mathruler/grader.py, after PRM800K's grader), the
-# string part written out here; sympy (a torch dependency) decides the expression equalities.
-
-def _mathd(s):
-    # MATH's normalize_answer (mathruler/math_normalize.py), without the \frac / \sqrt brace repair.
-    s = s.strip()
-    m = re.fullmatch(r"\\text\{(.+?)\}", s)
-    s = kept = m.group(1).strip() if m else s
-    for old, new in (("\n", ""), ("\\!", ""), ("\\\\", "\\"), ("tfrac", "frac"), ("dfrac", "frac"),
-                     ("\\left", ""), ("\\right", ""), ("^{\\circ}", ""), ("^\\circ", ""), ("\\$", "")):
-        s = s.replace(old, new)
-    if "\\text{ " in s:  # units on the right; upstream asserts one split and keeps the input if not
-        parts = s.split("\\text{ ")
-        if len(parts) != 2:
-            return kept
-        s = parts[0]
-    s = s.replace("\\%", "").replace("%", "").replace(" .", " 0.").replace("{.", "{0.")
-    if not s:
-        return s
-    s = "0" + s if s[0] == "." else s
-    if len(s.split("=")) == 2 and len(s.split("=")[0]) <= 2:  # "k = 3" -> "3"
-        s = s.split("=")[1]
-    s = s.replace(" ", "")
-    if s == "0.5":
-        s = "\\frac{1}{2}"
-    m = re.fullmatch(r"(-?\d+)/(-?\d+)", s)  # "1/2" -> \frac{1}{2} when both parts are plain ints
-    if m and s == f"{int(m.group(1))}/{int(m.group(2))}":
-        s = f"\\frac{{{int(m.group(1))}}}{{{int(m.group(2))}}}"
-    return s
-
-
-MATHRULER_UNITS = ("degree", "cm", "centimeter", "meter", "mile", "second", "minute", "hour", "day", "week",
-                   "month", "year", "foot", "feet", "inch", "yard")
-
-
-def _float(s):
-    try:
-        return float(s)
-    except ValueError:
-        return None
-
-
-def _strip_commas(s):
-    # Thousands commas, "1,000,000" -> "1000000" (repeated: each pass drops every other one).
-    while (t := re.sub(r"(\d),(\d\d\d)($|\D)", r"\1\2\3", s)) != s:
-        s = t
-    return s
-
-
-def _str_is_int(s):
-    # A number with no fractional part, after dropping thousands commas ("1,000").
-    x = _float(_strip_commas(s))
-    try:
-        return x is not None and abs(x - int(round(x))) <= 1e-7
-    except (OverflowError, ValueError):  # inf, nan
-        return False
-
-
-def _normalize(s):
-    # mathruler's _normalize: units, $ and % dropped, spaces removed, lower-cased, ints canonical.
-    m = re.search(r"^\\text\{(?P<text>.+?)\}$", s)
-    s = m.group("text") if m else s
-    for old, new in (("\\%", "%"), ("\\$", "$"), ("$", ""), ("%", ""), (" or ", " , "), (" and ", " , "),
-                     ("million", "*10^6"), ("billion", "*10^9"), ("trillion", "*10^12")):
-        s = s.replace(old, new)
-    for unit in MATHRULER_UNITS:  # anywhere, also inside words: "seconds" -> "", "monday" -> "mon"
-        s = re.sub(rf"{unit}(es)?(s)? *(\^[0-9]+)?", "", s)
-    s = re.sub(r"\^ *\\circ", "", s)
-    if s and s[0] == "{" and s[-1] == "}":
-        s = s[1:-1]
-    s = re.sub(",\\\\! *", "", s)
-    if _float(s) is not None and _str_is_int(s):
-        s = str(int(round(float(s))))
-    s = re.sub("- *", "-", s)
-    s = re.sub("([0-9]) +([0-9])", "\\1+\\2", s)  # "7 3/4" -> "7+3/4"
-    s = s.replace(" ", "").replace("{", "").replace("}", "").lower()
-    if _str_is_int(s):
-        s = str(int(float(s.replace(",", ""))))
-    return s
-
-
-def _split_tuple(s):
-    # "(1,2)" -> ["1", "2"]; anything else is one element.
-    s = _strip_commas(s)
-    if not s:
-        return []
-    if len(s) > 2 and s[0] in "()[]" and s[-1] in "()[]" and not any(c in s[1:-1] for c in "()[]"):
-        return [e.strip() for e in s[1:-1].split(",")]
-    return [s]
-
-
-def _sympy_equal(a, b):
-    # (a) - (b) simplifies to 0, tried only for expressions of at most 2 distinct letters and no
-    # huge powers (so model text never reaches sympy's parser as code).
-    expr = f"({a})-({b})"
-    if len({c for c in expr.replace("sqrt", "").replace("frac", "") if c.isalpha()}) > 2:
-        return False
-    if "^{" in expr or "^(" in expr or re.search(r"\^[0-9]+\^|\^[0-9][0-9]+", expr):
-        return False
-    try:
-        from sympy import simplify
-        from sympy.parsing import sympy_parser as sp
-        parsed = sp.parse_expr(expr.replace("^", "**"), transformations=sp.standard_transformations
-                               + (sp.implicit_multiplication_application,))
-        return simplify(parsed) == 0
-    except Exception:  # any parse or simplify failure is "not equal", as upstream
-        return False
-
-
-def grade_answer(given, truth):
-    """mathruler.grader.grade_answer(given, ground_truth): equal after MATH's normalization, or
-    after mathruler's, or element-wise equal as sympy expressions (integers and a/b fractions
-    compared strictly)."""
-    if _mathd(given) == _mathd(truth):
-        return True
-    g, t = _normalize(given), _normalize(truth)
-    if g == t:
-        return True
-    if not g:
-        return False
-    g_elems, t_elems = _split_tuple(g), _split_tuple(t)
-    if len(t_elems) > 1 and (t[0] != g[0] or t[-1] != g[-1]):
-        return False
-    if len(t_elems) != len(g_elems):
-        return False
-    for te, ge in zip(t_elems, g_elems):
-        frac = r"^-?[0-9]+.?/0*[1-9][0-9]*.?$"
-        if re.search(frac, te) and re.search(frac, ge):
-            ok = te == ge  # unreduced fractions must match as written
-        elif _str_is_int(te) != _str_is_int(ge):
-            ok = False  # an integer answer needs an integer response
-        else:
-            ok = _sympy_equal(te, ge)
-        if not ok:
-            return False
-    return True
-
-
-# ----------------------------------------------------------------------------------------------
-# Strict rules: the official extractor of each benchmark with ONE change everywhere: a letter counts
-# only when it stands alone, never as the first letter of a word. All start from strip_reasoning.
+# Strict rules (the project's reading, compared with official at the top of this file): the answer
+# part only, and a letter counts only when it stands alone, never as the first letter of a word.
 
 def strip_reasoning(text):
     """The answer part of a response: after the last </think>, inside the last <answer>...</answer>."""
@@ -413,12 +352,30 @@ def _zoombench_strict(text, ex):
     return text, None, None
 
 
-# For the report: which scorer each rule set follows.
-SOURCES = {"official": {"vstar": "lmms-eval's extract_answer_letter", "hrbench": "VLMEvalKit's can_infer, exact matching",
-                        "mmerealworld": "MME-RealWorld's extract_characters_regex", "mmstar": "MMStar's MMStar_eval",
-                        "zoombench": "ZwZ's answer extraction + mathruler's grade_answer; the rest is for the judge"},
-           "strict": {b: "stricter than the official scorer: not comparable with published numbers"
-                      for b in ("vstar", "hrbench", "mmerealworld", "mmstar", "zoombench")}}
+# For the report: the protocol each number follows. Per benchmark: the official scorer and the
+# commit read; its reasoning stripping by default and the upstream option that switches it (None:
+# the scorer has none); its judge stage (None: it has none, and why a judge here is not official).
+PROTOCOLS = {
+    "vstar": dict(scorer="lmms-eval tasks/vstar_bench extract_answer_letter @ 75571cfe",
+                  strip_default="on", strip_switch="lmms-eval --reasoning_tags", judge=None,
+                  no_judge="lmms-eval's V* scoring has no LLM stage; a response it cannot read is wrong"),
+    "hrbench": dict(scorer="VLMEvalKit can_infer, exact matching @ e8e78f05 (today's rule; the HR-Bench authors' copy "
+                           "@ b17b1998 reads a lone letter anywhere, has no 'answer is X' clause nor length limit, and "
+                           "their own evaluate() asks a local LLM yes/no about every response)",
+                    strip_default="off", strip_switch="VLMEvalKit SPLIT_THINK=True", judge=None,
+                    no_judge="VLMEvalKit's fallback is a GPT model that maps the response to an option letter, "
+                             "not a yes/no judge"),
+    "mmerealworld": dict(scorer="MME-RealWorld evaluation/eval_your_results.py extract_characters_regex @ 87096fcf",
+                         strip_default="off", strip_switch=None, judge=None,
+                         no_judge="the official script has no LLM stage; an unread response is wrong"),
+    "mmstar": dict(scorer="MMStar eval/vlmeval/evaluate/mmstar.py MMStar_eval @ 88f243ab",
+                   strip_default="off", strip_switch=None, judge=None,
+                   no_judge="MMStar_eval settles every non-hit as wrong"),
+    "zoombench": dict(scorer="ZwZ mm-eval/judge_qwenlm.py @ fdc0ba1a + mathruler 0.1.0 grade_answer; "
+                             "the rest is for the judge",
+                      strip_default="off", strip_switch=None, judge="Qwen3-30B-A3B-Instruct-2507 (yes/no, greedy)",
+                      no_judge="the strict rules are not ZwZ's"),
+}
 LETTER_RULES = {"official": {"vstar": _vstar_official, "hrbench": _hrbench_official, "mmerealworld": _mme_official},
                 "strict": {"vstar": _vstar_strict, "hrbench": _hrbench_strict, "mmerealworld": _mme_strict,
                            "mmstar": _mmstar_strict}}
@@ -426,20 +383,53 @@ TRIPLE_RULES = {"official": {"mmstar": _mmstar_official, "zoombench": _zoombench
                 "strict": {"zoombench": _zoombench_strict}}
 
 
-def verdict(bench, response, ex, rules="official"):
+def protocol(bench, rules, strip, judge):
+    """(rule-only line, rule + judge line or None) for results.md: the protocol the numbers follow,
+    marked NOT official where they follow none."""
+    p = PROTOCOLS.get(bench)
+    if p is None:
+        return "the project's rule for its own format", None
+    if rules == "strict":
+        rule = "the project's strict reading (answer part only, standalone letters): NOT an official protocol"
+    else:
+        on = strip == "on" or (strip == "upstream" and p["strip_default"] == "on")
+        tags = "VLMEvalKit's split_thinking" if bench == "hrbench" else "lmms-eval's <think> and <analysis> tags"
+        how = f"reasoning blocks removed ({tags})" if on else "reasoning blocks not removed (the raw output)"
+        if on == (p["strip_default"] == "on"):
+            note = "upstream's default"
+        elif p["strip_switch"]:
+            note = f"upstream's option {p['strip_switch']}"
+        else:
+            note = "NOT an official protocol: this scorer has no such option"
+        rule = f"{p['scorer']}; {how}, {note}"
+    if not judge:
+        return rule, None
+    if rules == "official" and p["judge"]:
+        return rule, f"then judge {judge} on the unsettled items, ZwZ's protocol (its judge: {p['judge']})"
+    return rule, f"then judge {judge} on the unsettled items: NOT an official protocol ({p['no_judge']})"
+
+
+def verdict(bench, response, ex, rules="official", strip="upstream"):
     """(extracted text, prediction, verdict) for one response under `rules` ("official" or
-    "strict"); verdict None = no rule could settle it (counted wrong; a judge may decide)."""
+    "strict") and `strip` (reasoning blocks, official rules only: "upstream", "on", "off");
+    verdict None = no rule could settle it (counted wrong; a judge may decide)."""
     if ex.answer is None:
         raise ValueError(f"example {ex.id}: field answer: missing; evaluation needs the gold answer")
     if rules not in RULES:
         raise ValueError(f"unknown rules {rules!r}; choose one of {RULES}")
+    if rules == "strict" and strip != "upstream":
+        raise ValueError(f"strip {strip!r}: the strict rules always read the answer part only; use it with official")
     if bench in ("jsonl", "zoom"):  # the project's formats: one rule for both sets
         text = strip_reasoning(response)
         if ex.choices:  # the zoom world / project JSONL: the choice the answer names
             choice = data.match_choice(text, ex.choices)
             return text, choice, None if choice is None else choice == ex.answer
         return text, text, True if normalize(text) == normalize(ex.answer) else None
-    text = drop_thinking(response) if rules == "official" else strip_reasoning(response)
+    if rules == "official":
+        stripper = _reasoning_stripper(bench, strip)
+        text = stripper(response) if stripper else response
+    else:
+        text = strip_reasoning(response)
     if bench in TRIPLE_RULES[rules]:
         return TRIPLE_RULES[rules][bench](text, ex)
     if bench not in LETTER_RULES[rules]:

@@ -536,7 +536,9 @@ def _mme_example(ex_id, question, options, answer, task_subtask, image, l2):
     prompt = (f"{question} The choices are listed below: \n" + "".join(f"{o}\n" for o in options)
               + MME_INSTRUCTION + "\nThe best answer is:")
     return _mcq(ex_id, prompt, image, [str(o)[3:].strip() for o in options], answer,
-                meta={"task": task, "subtask": f"{task}/{subtask}", "category": l2})
+                meta={"task": task, "subtask": f"{task}/{subtask}", "category": l2,
+                      # verbatim "(A) ..." strings: the official rule matches a response against them
+                      "options": [str(o) for o in options]})
 
 
 MMSTAR_CATEGORIES = ("coarse perception", "fine-grained perception", "instance reasoning", "logical reasoning",
@@ -587,7 +589,8 @@ def read_zoombench(path, image_root=None, limit=None):
         if kind is None:  # no type column: an MCQ is a letter answer to a question with (A) options
             kind = "mcq" if gold_letter and len(options) >= 2 else "open"
         meta = {"type": "mcq" if kind == "mcq" else "open",
-                "category": _get(row, "category", "sub_task", "dimension", required=False)}
+                "category": _get(row, "category", "sub_task", "dimension", required=False),
+                "gold": str(_get(row, "answer", "response"))}  # as stored: ZwZ grades against it verbatim
         ex_id = _get(row, "id", "index", required=False)
         ex_id = f"zoombench-{row['_row']}" if ex_id is None else str(ex_id)
         kw = dict(meta=meta, bbox=None if row.get("bbox") is None else tuple(row["bbox"]),

@@ -11,11 +11,32 @@ rules cannot settle, and diagnostics of the evidence gate (Eqs. 17-20) with an H
         --max-new-tokens 8 --blind --gate-teacher tiny:qwen2_5_vl@1 --explain 2      # CPU smoke run
     python eval.py ... --resume              # after a kill: keeps every finished batch, does the rest
 
-Answer rules (--rules, answer_rules.py): `official` (default) is each benchmark's reference scorer
-(lmms-eval for V*, VLMEvalKit for HR-Bench, the benchmarks' own for MME-RealWorld and MMStar, ZwZ's
-for ZoomBench), so the numbers sit beside published ones; `strict` is this project's stricter
-reading. A response no rule can settle ("verdict": null) counts as wrong, as officially; with
---judge MODEL a local LLM decides those (judge.py, ZwZ's protocol) and the report shows both.
+Answer rules (--rules, answer_rules.py). `official` (default) scores the RAW response exactly as
+each benchmark's reference scorer does (lmms-eval for V*, VLMEvalKit for HR-Bench, the benchmarks'
+own scripts for MME-RealWorld and MMStar, ZwZ's with the mathruler package for ZoomBench): the same
+whitespace, the same Unicode case behaviour, every clause, quirks included; agreement with the
+upstream code run verbatim is tested case by case (tests/test_answer_rules_parity.py). Reasoning
+blocks (--strip-reasoning): `upstream` (default) removes them only where the scorer does by default
+(V*: lmms-eval's <think> and <analysis> tags); `on` removes them everywhere (HR-Bench: VLMEvalKit's
+SPLIT_THINK=True), `off` nowhere (V*: lmms-eval's --reasoning_tags none). Only V* and HR-Bench have
+that switch upstream; results.md names the protocol each number follows and marks the ones that
+follow none (stripping where the scorer cannot, or a judge stage where the official protocol has
+none: V*, HR-Bench, MME-RealWorld, MMStar). A response no rule can settle ("verdict": null) counts
+as wrong, as officially; with --judge MODEL a local LLM decides those (judge.py, ZwZ's protocol, the
+official one for ZoomBench only) and the report shows both.
+`strict` is the project's own reading, deliberately different from official, case by case:
+  all           the answer part only: after the last </think>, inside the last <answer>...</answer>
+  V*            a capital A-D standing alone: "Based on the image, D" reads D (official: B, from
+                "Based"); a lower-case "b" is no letter (official upper-cases it: B)
+  HR-Bench      one option letter as a token anywhere (official: among the last 4 tokens), no
+                "answer is X" clause, no API-failure clause
+  MME-RealWorld every "The answer is"-style prefix removed (official: two fused, never removed), a
+                standalone capital A-E (official: the first anywhere); "" reads nothing (official: A)
+  MMStar        the letter at MMStar's positions must stand alone ("cat" is not C; official: C)
+  ZoomBench     normalized equality (no mathruler: LaTeX stays unsettled), and an MCQ may be
+                settled, right or wrong, by the option letter it names (official: only the judge)
+So strict is not uniformly stricter: it reads past "Based on ..." and "Answer: X" and honours
+<answer> tags where official does not. Not comparable with published numbers.
 
 Inference setup (--setup): what the model is run with.
   greedy  (default) greedy decoding, the checkpoint's own pixel bounds, no system prompt, 1024
@@ -216,14 +237,15 @@ def _error(i, item, reason):
     return {"index": i, "id": item.id, "error": reason, "meta": getattr(item, "meta", {})}
 
 
-def evaluate(model, processor, examples, bench="zoom", *, view="full", rules="official", batch_size=8,
+def evaluate(model, processor, examples, bench="zoom", *, view="full", rules="official", strip="upstream", batch_size=8,
              max_new_tokens=MAX_NEW_TOKENS, temperature=0.0, top_p=1.0, system_prompt=None, seed=0, log=None,
              progress=False, distributed=None):
     """(accuracy, records): accuracy {name: value in [0, 1]} as the benchmark reports it, "overall"
     first, rule-only, over the items without an error; records one per item in example order.
     examples may hold benchmarks.BadItem (recorded as errors). bench picks the answer rule and the
-    aggregation ("zoom" for zoom-world examples). With a Log, finished batches are appended as
-    they come and the items it already holds are not asked again."""
+    aggregation ("zoom" for zoom-world examples); rules and strip how it reads answers
+    (answer_rules.verdict). With a Log, finished batches are appended as they come and the items it
+    already holds are not asked again."""
     missing = [ex.id for ex in examples if isinstance(ex, data.Example) and ex.answer is None]
     if missing:
         raise ValueError(f"evaluate: {len(missing)} examples have no answer (field answer), e.g. {missing[:3]}")
@@ -258,7 +280,7 @@ def evaluate(model, processor, examples, bench="zoom", *, view="full", rules="of
         for (real, i, _), (text, truncated) in zip(asked, answers):
             if real:
                 ex = examples[i]
-                extracted, pred, verdict = answer_rules.verdict(bench, text, ex, rules)
+                extracted, pred, verdict = answer_rules.verdict(bench, text, ex, rules, strip)
                 out.append({"index": i, "id": ex.id, "answer": ex.answer, "response": text, "extracted": extracted,
                             "pred": pred, "verdict": verdict, "correct": verdict is True, "truncated": truncated,
                             "meta": ex.meta})
@@ -335,8 +357,9 @@ def gate_settings(args):
 
 
 @torch.no_grad()
-def gate_diagnostics(model, processor, teacher, examples, bench="zoom", *, settings=None, rules="official", batch_size=4,
-                     max_new_tokens=MAX_NEW_TOKENS, seed=0, explain=0, progress=False, distributed=None):
+def gate_diagnostics(model, processor, teacher, examples, bench="zoom", *, settings=None, rules="official",
+                     strip="upstream", batch_size=4, max_new_tokens=MAX_NEW_TOKENS, seed=0, explain=0, progress=False,
+                     distributed=None):
     """Does the gate's evidence contrast track correctness? As in a training step of the run whose
     `settings` (a train.Config; default: the defaults) are given: G responses per example sampled
     at temperature 1 from the full image, replayed by the teacher under the method's views and
@@ -374,7 +397,7 @@ def gate_diagnostics(model, processor, teacher, examples, bench="zoom", *, setti
             if start + r // G >= len(share):
                 continue  # a padding example (see _share)
             ex = examples[idx[r // G]]
-            _, pred, verdict = answer_rules.verdict(bench, text, ex, rules)
+            _, pred, verdict = answer_rules.verdict(bench, text, ex, rules, strip)
             rec = {"index": idx[r // G], "id": ex.id, "g": r % G, "p": score[r].item(), "a": adv[r].item(),
                    "w": w[r].item(), "verdict": verdict, "correct": verdict is True, "pred": pred, "response": text}
             if rec["index"] < explain:  # token-level detail for the page: token strings, Delta_k
@@ -504,9 +527,11 @@ def report(args, examples, preds, gate, peak):
     good = [ex for ex in examples if isinstance(ex, data.Example)]
     views = [v for v in VIEWS if v in preds]
     setup = SETUPS[args.setup]
-    source = answer_rules.SOURCES[args.rules].get(args.bench, "the project's rule for its own formats")
+    rule_protocol, judge_protocol = answer_rules.protocol(args.bench, args.rules, args.strip_reasoning, args.judge)
     lines = [f"# {args.model} on {args.bench} ({args.data}), {len(examples)} items", "",
-             f"Rules: **{args.rules}** ({source}).",
+             f"Rules: **{args.rules}**, --strip-reasoning {args.strip_reasoning}.",
+             f"Protocol of the rule-only numbers: {rule_protocol}.",
+             *([f"Protocol of the rule + judge numbers: {judge_protocol}."] if judge_protocol else []),
              f"Setup: **{args.setup}**: " + ("greedy" if setup["temperature"] == 0 else
                                               f"temperature {setup['temperature']}, top-p {setup['top_p']}, seed {args.seed}")
              + (f", pixels [{args.min_pixels or 'own'}, {args.max_pixels or 'own'}], "
@@ -596,7 +621,10 @@ def write_outputs(args, examples, preds, verdicts, gate, rollouts, peak):
     table = lambda key: {v: {k: {"accuracy": a if a == a else None, "n": n} for k, (a, n) in t.items()}
                          for v, t in _table(args.bench, preds, key).items()}
     with open(out / "results.json", "w", encoding="utf-8") as f:
-        json.dump({"args": vars(args), "rules": args.rules, "setup": SETUPS[args.setup], "accuracy": table("correct"),
+        protocols = answer_rules.protocol(args.bench, args.rules, args.strip_reasoning, args.judge)
+        json.dump({"args": vars(args), "rules": args.rules, "strip_reasoning": args.strip_reasoning,
+                   "protocol": {"rules": protocols[0], "rules_and_judge": protocols[1]},
+                   "setup": SETUPS[args.setup], "accuracy": table("correct"),
                    "accuracy_with_judge": table("correct_judged") if args.judge else None,
                    "errors": {v: [{"id": r["id"], "error": r["error"]} for r in rows if r.get("error")]
                               for v, rows in preds.items()},
@@ -607,7 +635,7 @@ def write_outputs(args, examples, preds, verdicts, gate, rollouts, peak):
 
 
 # Arguments that decide what a finished record holds: a resumed run must match them.
-RESUME_KEYS = ("model", "bench", "data", "image_root", "rules", "setup", "min_pixels", "max_pixels",
+RESUME_KEYS = ("model", "bench", "data", "image_root", "rules", "strip_reasoning", "setup", "min_pixels", "max_pixels",
                "max_new_tokens", "seed", "judge", "judge_max_new_tokens")
 
 
@@ -644,7 +672,10 @@ def parse_args(argv=None):
     ap.add_argument("--resume", action="store_true", help="continue the evaluation in --out-dir (same settings)")
     ap.add_argument("--rules", default="official", choices=answer_rules.RULES,
                     help="official: each benchmark's reference scorer (comparable with published numbers); "
-                    "strict: the project's stricter reading (see answer_rules.py)")
+                    "strict: the project's own reading (see the top of this file)")
+    ap.add_argument("--strip-reasoning", default="upstream", choices=answer_rules.STRIP,
+                    help="official rules: remove reasoning blocks where the scorer does by default (upstream), "
+                    "everywhere (on) or nowhere (off); recorded in results.md with the rule")
     ap.add_argument("--setup", default="greedy", choices=SETUPS, help="inference setup (see the top of this file)")
     ap.add_argument("--min-pixels", type=int, help="image pixel bounds (default: the setup's, else the checkpoint's)")
     ap.add_argument("--max-pixels", type=int)
@@ -669,6 +700,9 @@ def parse_args(argv=None):
         if args.bench != "zoom":
             ap.error(f"--data is required for --bench {args.bench}")
         args.data = "synthetic:256:1"
+    if args.strip_reasoning != "upstream" and (args.rules == "strict" or args.bench in ("jsonl", "zoom")):
+        ap.error("--strip-reasoning applies to the official rules of the benchmarks; strict and the project's own "
+                 "formats always read the answer part only")
     if args.explain and not args.gate_teacher:
         ap.error("--explain needs --gate-teacher (the colours are the teacher's evidence gap)")
     for key in ("min_pixels", "max_pixels", "max_new_tokens"):  # explicit flags win over the setup
@@ -702,7 +736,7 @@ def run(args, rank, device):
     model, processor = vlm.load(args.model, dtype=dtype, device=device, min_pixels=args.min_pixels,
                                 max_pixels=args.max_pixels)
     setup = SETUPS[args.setup]
-    kw = dict(rules=args.rules, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+    kw = dict(rules=args.rules, strip=args.strip_reasoning, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
               temperature=setup["temperature"], top_p=setup["top_p"], system_prompt=setup["system_prompt"],
               seed=args.seed, progress=True)
     # The views: full; blind if asked; the ground-truth crop when the data has one (ZoomBench).
@@ -718,7 +752,7 @@ def run(args, rank, device):
         # Half the examples per call: each brings G rollouts, replayed under two views.
         gate, rollouts = gate_diagnostics(model, processor, teacher,
                                           [ex for ex in examples if isinstance(ex, data.Example) and ex.id in ok],
-                                          args.bench, settings=settings, rules=args.rules,
+                                          args.bench, settings=settings, rules=args.rules, strip=args.strip_reasoning,
                                           batch_size=max(1, args.batch_size // 2), max_new_tokens=args.max_new_tokens,
                                           seed=args.seed, explain=args.explain, progress=True)
         gate["settings_from"] = where

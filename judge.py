@@ -3,7 +3,10 @@ A local LLM judge for the responses no answer rule can settle, after the protoco
 without Zooming", mm-eval/judge_qwenlm.py), the scorer of ZoomBench: rules first (answer_rules.py),
 then a text LLM reads the question, the gold answer and the extracted response, greedily, and says
 Yes or No; "Yes" or "yes" anywhere in what it says counts as correct. ZwZ's judge is
-Qwen3-30B-A3B-Instruct-2507; HR-Bench's authors and VLMEvalKit use an LLM the same way.
+Qwen3-30B-A3B-Instruct-2507. Only ZoomBench's official protocol (ZwZ's) has this stage: V*'s,
+MME-RealWorld's and MMStar's scorers have no LLM, VLMEvalKit's (HR-Bench) asks a GPT model to map
+the response to an option letter instead; eval.py's results.md marks rule + judge numbers on those
+benchmarks as following no official protocol (answer_rules.protocol).
 
     judge = Judge.load("Qwen/Qwen3-30B-A3B-Instruct-2507", device="cuda")  # any local causal LM or VLM
     outputs = judge.ask([(question, gold, response), ...])                # raw outputs, batched
@@ -34,7 +37,8 @@ MAX_NEW_TOKENS = 2048  # ZwZ's; an instruction-tuned judge stops after "Yes" / "
 
 def said_yes(output):
     """ZwZ's verdict rule: correct iff "Yes" or "yes" occurs in the output (a reasoning block, if
-    the judge thinks aloud, is dropped first: it may weigh "yes" before saying No)."""
+    the judge thinks aloud, is dropped first, as lmms-eval drops <think> / <analysis>: it may weigh
+    "yes" before saying No)."""
     answer = drop_thinking(output)
     return "Yes" in answer or "yes" in answer
 
