@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -459,6 +460,22 @@ def load_examples(spec) -> list[Example]:
     if spec.endswith(".parquet"):
         return load_parquet(spec)
     raise ValueError(f"unknown data spec {spec!r}: expected *.jsonl, *.parquet or synthetic:N:SEED")
+
+
+def identity(spec) -> dict:
+    """The data file's identity, saved with a run's settings: {path: "<bytes> bytes, crc32 <hex>"}
+    ({} for synthetic data, which its spec defines). A file changed between a stop and a --resume
+    (rows appended, edited) then refuses the resume, naming the file: the steps after it would
+    differ from a run on the unchanged file. The images a JSONL names are not hashed (a dataset
+    has 10^4-10^5 of them); the parquet holds its images, so they are."""
+    spec = str(spec)
+    if spec.startswith("synthetic:"):
+        return {}
+    crc = 0
+    with open(spec, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return {os.path.abspath(spec): f"{os.path.getsize(spec)} bytes, crc32 {crc:08x}"}
 
 
 # -----------------------------------------------------------------------------

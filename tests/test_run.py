@@ -56,7 +56,7 @@ def test_a_fresh_start_in_a_used_directory_is_refused_unless_overwritten(tmp_pat
     with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
         run(tmp_path, "--max-steps", "1")
     run(tmp_path, "--max-steps", "1", "--overwrite")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001", "metrics.jsonl", "train_config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "ckpt-000001", "metrics.jsonl", "train_config.json"]
     assert [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")] == [1]
 
 
@@ -147,7 +147,7 @@ def test_a_training_row_without_a_box_is_refused_before_any_model_loads(tmp_path
     (["--top-p", "1.5"], "--top-p 1.5: must be > 0 and <= 1"),
     (["--student", "./no/such/model"], "no/such/model.*no such directory"),
     (["--teacher", "/no/such/teacher"], "/no/such/teacher.*no such directory"),
-    (["--resume"], "--resume: no checkpoint"),
+    (["--resume"], "--resume: no complete checkpoint"),
 ])
 def test_bad_settings_fail_before_any_model_loads(tmp_path, no_model_may_load, extra, message):
     with pytest.raises(ValueError, match=message):
