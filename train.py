@@ -350,7 +350,7 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     # before a model loads.
     check_config(cfg, world)
     if examples is None:
-        examples = data.load_examples(cfg.train_data)
+        examples = data.load_examples(cfg.train_data, cfg.skip_bad_images)
         settings = {**dataclasses.asdict(cfg), "train_data_files": data.identity(cfg.train_data)}
     else:
         settings = dataclasses.asdict(cfg)
