@@ -78,6 +78,25 @@ def save_model_dir(model, processor, path, state_dict=None):
         json.dump(config, f, indent=2)
 
 
+def tokenizer_vocab(name):
+    """{token: id} of the model at `name` (a local directory or a hub id already in the local cache),
+    read from its tokenizer.json without loading anything; None if there is no such file here."""
+    path = os.path.join(os.path.expanduser(name), "tokenizer.json")
+    if not os.path.isfile(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            path = try_to_load_from_cache(name, "tokenizer.json") if name.count("/") == 1 else None
+        except ValueError:                   # not a valid hub id
+            path = None
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        tokenizer = json.load(f)
+    vocab = dict(tokenizer.get("model", {}).get("vocab") or {})
+    vocab.update({t["content"]: t["id"] for t in tokenizer.get("added_tokens", [])})
+    return vocab
+
+
 NAME = re.compile(r"ckpt-(\d{6})")      # only these count: not .tmp, not a user's ckpt-000003.bak
 
 

@@ -70,6 +70,14 @@ def check_config(cfg, world):
         raise ValueError("--student and --teacher are required")
     for name in (cfg.student, cfg.teacher):
         vlm.check_model_name(name)
+    # The teacher scores the student's token ids: compared from the tokenizer files now (local dirs,
+    # cached hub ids), not after minutes of loading a 27B teacher; vlm.check_compatible checks again.
+    vocabs = [checkpoint.tokenizer_vocab(name) for name in (cfg.student, cfg.teacher)]
+    if None not in vocabs and vocabs[0] != vocabs[1]:
+        differ = sorted(set(vocabs[0].items()) ^ set(vocabs[1].items()), key=str)[:3]
+        raise ValueError(f"the tokenizers of --student {cfg.student} and --teacher {cfg.teacher} differ "
+                         f"({len(vocabs[0])} vs {len(vocabs[1])} tokens; e.g. (token, id) in only one: {differ}): "
+                         "the teacher cannot score the student's token ids")
     if not cfg.gate_w_min < cfg.gate_w_max:      # Eq. 20's clip range; w_max 0 would zero every weight
         raise ValueError(f"--gate-w-max {cfg.gate_w_max} must be > --gate-w-min {cfg.gate_w_min} (and > 0: "
                          "the weights are clipped to [w_min, w_max])")

@@ -245,3 +245,15 @@ def test_a_failed_checkpoint_write_says_how_much_space_is_left(tmp_path, monkeyp
     with pytest.raises(OSError, match=r"writing checkpoint .*ckpt-000001.tmp failed: .*unexpected pos.*"
                                       r"0 MiB free on .*: the disk is full"):
         run(tmp_path, "--max-steps", "1")
+
+
+def test_tokenizers_that_differ_are_refused_from_their_files_before_any_model_loads(two_steps, tmp_path,
+                                                                                    no_model_may_load):
+    student = two_steps / "ckpt-000001"
+    teacher = shutil.copytree(student, tmp_path / "teacher")
+    tokenizer = json.loads((teacher / "tokenizer.json").read_text())
+    tokenizer["model"]["vocab"]["zzz-new"] = len(tokenizer["model"]["vocab"]) + 100
+    (teacher / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ValueError, match=r"tokenizers of --student .*ckpt-000001 and --teacher .*teacher differ "
+                                         r"\(\d+ vs \d+ tokens; .*zzz-new"):
+        run(tmp_path / "out", "--student", str(student), "--teacher", str(teacher))
