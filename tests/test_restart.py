@@ -257,3 +257,15 @@ def test_tokenizers_that_differ_are_refused_from_their_files_before_any_model_lo
     with pytest.raises(ValueError, match=r"tokenizers of --student .*ckpt-000001 and --teacher .*teacher differ "
                                          r"\(\d+ vs \d+ tokens; .*zzz-new"):
         run(tmp_path / "out", "--student", str(student), "--teacher", str(teacher))
+
+
+def test_eval_resume_refuses_a_model_replaced_at_the_same_path(two_steps, tmp_path):
+    import eval as evaluation
+    model = copy_of(two_steps, tmp_path) / "ckpt-000002"
+    args = ["--model", str(model), "--bench", "zoom", "--out-dir", str(tmp_path / "eval")]
+    evaluation.prepare_out_dir(evaluation.parse_args(args), 0)
+    evaluation.prepare_out_dir(evaluation.parse_args(args + ["--resume"]), 0)         # the same model: fine
+    shutil.copy(model.parent / "ckpt-000001" / "model.safetensors", model / "model.safetensors")
+    checkpoint.write_manifest(model)                    # retrained at the same path, as --overwrite would
+    with pytest.raises(SystemExit, match=rf"the model at {model} is not the one .*eval evaluated"):
+        evaluation.prepare_out_dir(evaluation.parse_args(args + ["--resume"]), 0)
