@@ -58,6 +58,20 @@ ORIENTATION = 0x0112  # the EXIF tag; 5-8 mean the displayed image is the stored
 # -----------------------------------------------------------------------------
 # The record
 
+def _orientation(im) -> int:
+    # The EXIF orientation (1 = as stored), from the header only: a PNG's getexif() decodes the whole
+    # image to look for an eXIf chunk after the pixels, so for PNG only one before them counts (as
+    # the browsers that honour it read it). Unreadable EXIF counts as 1, as viewers show it.
+    try:
+        if im.format == "PNG":
+            exif = Image.Exif()
+            exif.load(im.info.get("exif") or b"")
+            return exif.get(ORIENTATION, 1)
+        return im.getexif().get(ORIENTATION, 1)
+    except Exception:
+        return 1
+
+
 class RejectedImage(ValueError):
     """An image the processor (or PIL) would refuse: found at load; --skip-bad-images keeps its
     example, which is then replaced by another prompt of its batch at each use, and counted."""
@@ -107,7 +121,7 @@ class Example:
         # The DISPLAYED size, from the header: a phone photo stored landscape with EXIF
         # Orientation 6 is shown (and boxed by annotation tools) as portrait.
         im = self._open(name)
-        turned = im.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8)
+        turned = _orientation(im) in (5, 6, 7, 8)
         if im is not getattr(self, name):
             im.close()  # a file we opened: validating 23K rows must not keep 23K files open
         return im.size[::-1] if turned else im.size
@@ -128,7 +142,7 @@ class Example:
         im = self._open(name)
         self._check_shape(name, *im.size)
         try:  # decoding happens here, so a truncated file fails here, loudly
-            if im.getexif().get(ORIENTATION, 1) != 1:
+            if _orientation(im) != 1:
                 im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 rgba, im = im.convert("RGBA"), Image.new("RGB", im.size, (255, 255, 255))

@@ -437,6 +437,9 @@ def test_a_rotated_jpeg_is_read_as_displayed_and_its_box_is_in_displayed_pixels(
     red = lambda im: float(np.mean((np.asarray(im)[..., 0] > 150) & (np.asarray(im)[..., 1] < 100)))
     assert red(pos) > 0.9                                                     # z+ is the evidence
     assert abs(red(full) - 40 * 40 / (96 * 128)) < 0.01                      # the student's image: same scene
+    stored.save(tmp_path / "phone.png", exif=exif.tobytes())                 # a PNG's eXIf chunk: the same
+    png = Example(id="q", question="q?", image_source=str(tmp_path / "phone.png"), bbox=(20, 70, 60, 110)).validate()
+    assert png.size == (96, 128) and np.array_equal(np.asarray(png.image), shown)
 
 
 def test_a_16_bit_grayscale_png_keeps_its_range(tmp_path):

@@ -20,6 +20,7 @@ import types
 import pytest
 
 import checkpoint
+import manifest
 import model as vlm
 import train
 from test_run import no_model_may_load, run  # noqa: F401 (a fixture)
@@ -79,7 +80,7 @@ def test_a_setting_the_saved_run_lacks_counts_as_its_default(two_steps, tmp_path
     settings = json.loads(saved.read_text())
     del settings["gate_gamma"]
     saved.write_text(json.dumps(settings))
-    checkpoint.write_manifest(out / "ckpt-000002")                  # as if it had been saved that way
+    manifest.write_manifest(out / "ckpt-000002")                  # as if it had been saved that way
     with pytest.raises(ValueError, match=r"define the run.*gate_gamma 1.0 -> 2.0"):
         run(out, "--max-steps", "3", "--resume", "--gate-gamma", "2.0")
     assert [m["step"] for m in run(out, "--max-steps", "3", "--resume")] == [3]
@@ -186,7 +187,7 @@ def test_a_run_resumes_past_a_corrupt_checkpoint_and_load_errors_name_the_checkp
 def test_keep_last_keeps_the_verified_newest(tmp_path):
     run(tmp_path, "--max-steps", "2", "--save-every", "1", "--keep-last", "1")
     assert checkpoint.checkpoints(str(tmp_path)) == [str(tmp_path / "ckpt-000002")]
-    assert checkpoint.verify(str(tmp_path / "ckpt-000002")) is None
+    assert manifest.verify(str(tmp_path / "ckpt-000002")) is None
 
 
 def test_a_second_writer_is_refused_naming_the_holder(tmp_path, no_model_may_load):
@@ -224,7 +225,7 @@ def test_an_unreadable_config_and_an_unwritable_dir_are_refused_before_any_model
                                                                                        no_model_may_load, monkeypatch):
     out = copy_of(two_steps, tmp_path)
     (out / "ckpt-000002" / "train_config.json").write_text("[1, 2]")
-    checkpoint.write_manifest(out / "ckpt-000002")
+    manifest.write_manifest(out / "ckpt-000002")
     with pytest.raises(ValueError, match=r"ckpt-000002/train_config.json: expected a JSON object"):
         run(out, "--max-steps", "3", "--resume")
 
@@ -266,6 +267,6 @@ def test_eval_resume_refuses_a_model_replaced_at_the_same_path(two_steps, tmp_pa
     evaluation.prepare_out_dir(evaluation.parse_args(args), 0)
     evaluation.prepare_out_dir(evaluation.parse_args(args + ["--resume"]), 0)         # the same model: fine
     shutil.copy(model.parent / "ckpt-000001" / "model.safetensors", model / "model.safetensors")
-    checkpoint.write_manifest(model)                    # retrained at the same path, as --overwrite would
+    manifest.write_manifest(model)                    # retrained at the same path, as --overwrite would
     with pytest.raises(SystemExit, match=rf"the model at {model} is not the one .*eval evaluated"):
         evaluation.prepare_out_dir(evaluation.parse_args(args + ["--resume"]), 0)
