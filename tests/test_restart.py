@@ -270,3 +270,12 @@ def test_eval_resume_refuses_a_model_replaced_at_the_same_path(two_steps, tmp_pa
     manifest.write_manifest(model)                    # retrained at the same path, as --overwrite would
     with pytest.raises(SystemExit, match=rf"the model at {model} is not the one .*eval evaluated"):
         evaluation.prepare_out_dir(evaluation.parse_args(args + ["--resume"]), 0)
+
+
+def test_a_setting_the_rank_count_makes_invalid_is_said_by_rank_0(tmp_path):
+    proc = launch(TINY + ["--prompts-per-step", "3", "--out-dir", str(tmp_path)], nproc=2)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode != 0
+    assert "ValueError: --prompts-per-step 3 must divide over 2 ranks" in output          # rank 0, in full
+    assert "rank 1: --prompts-per-step 3 must divide over 2 ranks" in output              # the others: one line
+    assert output.count("Traceback") <= 2                    # rank 0's and torchrun's own, not one per rank
