@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import FSDPModule
 
 from manifest import verify, write_manifest
 
@@ -60,6 +61,14 @@ def save_model_dir(model, processor, path, state_dict=None):
     `AutoModelForImageTextToText` and `AutoProcessor` (with torchvision), vLLM and evaluation
     toolkits load it like a hub checkpoint; `load` reads it everywhere. state_dict: the weights to
     write (e.g. gathered from FSDP2 shards); default the model's own."""
+    if isinstance(model, FSDPModule):
+        # FSDP2 gives the model a class of its own (FSDP<class>), which transformers takes for custom
+        # code and saves under its in-memory names (model.language_model.*). A meta-device twin of
+        # the family's own class (no memory) writes the hub's names, as an unsharded save does.
+        with torch.device("meta"):
+            twin = type(model).__bases__[1]._from_config(model.config)   # (FSDPModule, the family's class)
+        twin.generation_config = model.generation_config
+        model = twin
     model.save_pretrained(path, state_dict=state_dict)
     processor.save_pretrained(path)
     # Our image-only processor class is this project's (it exists because the stock ones need

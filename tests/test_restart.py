@@ -279,3 +279,11 @@ def test_a_setting_the_rank_count_makes_invalid_is_said_by_rank_0(tmp_path):
     assert "ValueError: --prompts-per-step 3 must divide over 2 ranks" in output          # rank 0, in full
     assert "rank 1: --prompts-per-step 3 must divide over 2 ranks" in output              # the others: one line
     assert output.count("Traceback") <= 2                    # rank 0's and torchrun's own, not one per rank
+
+
+def test_checkpoints_written_under_fsdp2_use_the_hubs_tensor_names(two_steps, tmp_path):
+    from safetensors import safe_open
+    proc = launch(TINY + ["--max-steps", "1", "--fsdp", "--out-dir", str(tmp_path)], nproc=2)
+    proc.communicate(timeout=240)
+    names = [set(safe_open(str(d / "ckpt-000001" / "model.safetensors"), "pt").keys()) for d in (tmp_path, two_steps)]
+    assert names[0] == names[1] and "model.embed_tokens.weight" in names[0]       # not model.language_model.*
