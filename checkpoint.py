@@ -10,10 +10,11 @@ with the exact training state beside them, written atomically, pruned to the las
                           saved ones (bf16 runs), and AdamW's moments
       trainer.pt          step and the RNG state of every rank
       train_config.json   the run's Config
+      manifest.json       size and CRC-32 of each file above (manifest.py), written last
 
     ckpt = open_run(out_dir, cfg_dict, free, resume, overwrite, rank, defaults)  # locks; fresh or resume?
-    begin(out_dir, cfg_dict, ckpt, rank)        # after the models loaded: the directory is claimed
     step = restore(ckpt, model, master, optimizer, rank, device)
+    begin(out_dir, cfg_dict, ckpt, rank)        # after the models loaded: the directory is claimed
     log = MetricsLog(out_dir, step, rank); log.append({"step": step + 1, ...})
     save(out_dir, step, cfg_dict, model, processor, master, optimizer, rank, compute_dtype, keep_last)
     release(out_dir)                            # the lock (it also dies with the process)
