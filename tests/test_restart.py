@@ -22,7 +22,6 @@ import pytest
 import checkpoint
 import manifest
 import model as vlm
-import train
 from test_run import no_model_may_load, run  # noqa: F401 (a fixture)
 from test_train import ROOT, TINY, assert_same_weights, launch, weights_of, without_timing
 
