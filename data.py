@@ -29,13 +29,14 @@ import json
 import math
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Callable, Union
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 # An image source: a file path, encoded bytes, a PIL image, or a zero-argument function that
 # returns a PIL image (the zoom world renders lazily that way: 1,000 canvases would be 600 MB).
@@ -47,10 +48,40 @@ POS_MODES = ("box", "random")  # positive view z+: "random" is the paper's harmf
 NEG_TRIES = 64  # seeded random positions tried for the "paper" negative before falling back
 # Qwen's chat-template tokens (<|im_end|>, <|image_pad|>, ...): never inside a question.
 SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]+\|>")
+# The release's image placeholder in a question ("<image>What is ...?"): every loader removes it
+# (clean_question), since our template places the image itself, in one place (model.py).
+PLACEHOLDER = "<image>"
+MAX_ASPECT = 200  # Qwen's processors (smart_resize) reject an image whose long side is > 200x its short one
+ORIENTATION = 0x0112  # the EXIF tag; 5-8 mean the displayed image is the stored one turned by 90 degrees
 
 
 # -----------------------------------------------------------------------------
 # The record
+
+def _orientation(im) -> int:
+    # The EXIF orientation (1 = as stored), from the header only: a PNG's getexif() decodes the whole
+    # image to look for an eXIf chunk after the pixels, so for PNG only one before them counts (as
+    # the browsers that honour it read it). Unreadable EXIF counts as 1, as viewers show it.
+    try:
+        if im.format == "PNG":
+            exif = Image.Exif()
+            exif.load(im.info.get("exif") or b"")
+            return exif.get(ORIENTATION, 1)
+        return im.getexif().get(ORIENTATION, 1)
+    except Exception:
+        return 1
+
+
+class RejectedImage(ValueError):
+    """An image the processor (or PIL) would refuse: found at load; --skip-bad-images keeps its
+    example, which is then replaced by another prompt of its batch at each use, and counted."""
+
+
+def clean_question(text):
+    # The one rule for placeholders, in every loader: "<image>" marks where the release's template put
+    # the image; ours places it itself, so the question keeps only its words.
+    return text.replace(PLACEHOLDER, "").strip() if isinstance(text, str) else text
+
 
 @dataclass
 class Example:
@@ -66,11 +97,11 @@ class Example:
     meta: dict = field(default_factory=dict)  # anything else a loader found (category, ...)
     source: str = ""  # where it was read: "train.jsonl line 12" (set by the loaders)
 
-    def _error(self, name, problem):
+    def _error(self, name, problem, kind=ValueError):
         # Every data error names the file and line, the example and the field, so one bad row in
         # 23K is findable, also when it surfaces mid-run.
         where = f"{self.source}: " if self.source else ""
-        return ValueError(f"{where}example {self.id}: field {name}: {problem}")
+        return kind(f"{where}example {self.id}: field {name}: {problem}")
 
     def _open(self, name):
         # Open the source in field `name`; for files and bytes PIL reads only the header here.
@@ -82,22 +113,45 @@ class Example:
                 return Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
             if callable(src):
                 return src()
-        except (OSError, ValueError) as e:  # missing file, not an image, bad bytes
+        except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, not an image, bad bytes, huge
             raise self._error(name, f"cannot read image: {e}") from None
         raise self._error(name, f"expected a path, bytes, PIL image or callable, got {type(src).__name__}")
 
     def _size(self, name) -> tuple[int, int]:
+        # The DISPLAYED size, from the header: a phone photo stored landscape with EXIF
+        # Orientation 6 is shown (and boxed by annotation tools) as portrait.
         im = self._open(name)
+        turned = _orientation(im) in (5, 6, 7, 8)
         if im is not getattr(self, name):
             im.close()  # a file we opened: validating 23K rows must not keep 23K files open
-        return im.size
+        return im.size[::-1] if turned else im.size
+
+    def _check_shape(self, name, W, H):
+        # What the processor or PIL would refuse only after the models loaded, refused at load.
+        if max(W, H) > MAX_ASPECT * min(W, H):
+            raise self._error(name, f"{W}x{H} image: aspect ratio over {MAX_ASPECT}:1, which Qwen's processor "
+                                    "rejects (crop or pad it; --skip-bad-images replaces it at each use)", RejectedImage)
+        if Image.MAX_IMAGE_PIXELS and W * H > Image.MAX_IMAGE_PIXELS:
+            raise self._error(name, f"{W}x{H} image: {W * H} pixels, beyond PIL's decompression-bomb limit "
+                                    f"{Image.MAX_IMAGE_PIXELS} (downscale it, or raise PIL.Image.MAX_IMAGE_PIXELS "
+                                    "for files you trust)", RejectedImage)
 
     def _load(self, name) -> Image.Image:
+        # As displayed (EXIF orientation applied: the box was drawn on what a viewer shows), RGB,
+        # with the pixels' range kept (a 16-bit or float image is scaled, not clipped to white).
         im = self._open(name)
+        self._check_shape(name, *im.size)
         try:  # decoding happens here, so a truncated file fails here, loudly
+            if _orientation(im) != 1:
+                im = ImageOps.exif_transpose(im)
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 rgba, im = im.convert("RGBA"), Image.new("RGB", im.size, (255, 255, 255))
                 im.paste(rgba, mask=rgba.getchannel("A"))  # transparency onto white, as ZwZ's eval
+            if im.mode.startswith("I") or im.mode == "F":  # I;16, I;16B, I (32-bit int), F (float)
+                a = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0  # PNG 16-bit opens as I
+                top = 1.0 if im.mode == "F" and a.max() <= 1 else top
+                im = Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
             return im.convert("RGB")
         except OSError as e:
             raise self._error(name, f"cannot decode image: {e}") from None
@@ -138,6 +192,9 @@ class Example:
         if self.choices is not None and not (isinstance(self.choices, list) and self.choices
                                              and all(isinstance(c, str) and c for c in self.choices)):
             raise self._error("choices", "must be a non-empty list of non-empty strings")
+        for name in ("image_source", "pos_crop", "neg_crop"):     # last: --skip-bad-images keeps the rest checked
+            if getattr(self, name) is not None:
+                self._check_shape(name, *self._size(name))
         return self
 
     def _check_complete(self, name):
@@ -177,8 +234,14 @@ class Example:
             raise self._error(name, f"not finite: {box!r}")
         if x1 <= x0 or y1 <= y0:
             raise self._error(name, f"zero-area or inverted box {box!r} (need x1 > x0 and y1 > y0)")
+        convention = (f"boxes are [x0, y0, x1, y1] in pixels of the image as displayed (EXIF orientation "
+                      f"applied), here {W}x{H}")
+        if max(x1, y1) <= 1 and min(W, H) > 2:
+            raise self._error(name, f"box {box!r} looks normalised to 0-1: {convention}; convert with "
+                                    "[x0 * W, y0 * H, x1 * W, y1 * H]")
         if x0 < 0 or y0 < 0 or x1 > W or y1 > H:
-            raise self._error(name, f"box {box!r} lies outside the {W}x{H} image")
+            scaled = " (0-1000 normalised? convert with [x0 * W / 1000, y0 * H / 1000, ...])" if max(x1, y1) <= 1000 else ""
+            raise self._error(name, f"box {box!r} lies outside the {W}x{H} image: {convention}{scaled}")
         return (x0, y0, x1, y1)
 
 
@@ -332,16 +395,22 @@ def check_views(examples: list[Example], neg_mode: str = "paper") -> None:
 # -----------------------------------------------------------------------------
 # Loaders. Both read every row, validate it, and report the file and line / row on error.
 
-def _collect(path: Path, rows) -> list[Example]:
+def _collect(path: Path, rows, skip_bad_images=False) -> list[Example]:
     # rows: (where, build) pairs, build() -> Example. Shared by both loaders.
-    examples, seen = [], set()
+    examples, seen, rejected = [], set(), []
     for where, build in rows:
         try:
             ex = build()
             ex.source = f"{path} {where}"
-            ex.validate()
+            ex.question = clean_question(ex.question)
             if ex.id in seen:
                 raise ex._error("id", "duplicate id (ids seed the negative views)")
+            try:
+                ex.validate()
+            except RejectedImage as e:
+                if not skip_bad_images:
+                    raise
+                rejected.append(e)
         except ValueError as e:
             message = str(e)
             raise ValueError(message if message.startswith(f"{path} {where}") else f"{path} {where}: {message}") from None
@@ -349,13 +418,16 @@ def _collect(path: Path, rows) -> list[Example]:
         examples.append(ex)
     if not examples:
         raise ValueError(f"{path}: no examples")
+    if rejected:
+        print(f"warning: {len(rejected)} images the processor would reject, replaced at each use and counted "
+              f"(data/bad_images; --skip-bad-images); the first: {rejected[0]}")
     return examples
 
 
 _JSONL_KEYS = ("id", "image", "question", "bbox", "answer", "choices", "neg_bbox")
 
 
-def load_jsonl(path) -> list[Example]:
+def load_jsonl(path, skip_bad_images=False) -> list[Example]:
     """One object per line: {"id", "image" (relative to this file's folder, or absolute),
     "question", "bbox": [x0, y0, x1, y1], optional "answer", "choices", "neg_bbox"}. Training
     needs "bbox" (the views fail loudly without it); evaluation-only files may omit it.
@@ -383,7 +455,7 @@ def load_jsonl(path) -> list[Example]:
 
     with open(path, encoding="utf-8") as f:
         rows = [(f"line {n}", partial(build, line)) for n, line in enumerate(f, 1) if line.strip()]
-    return _collect(path, rows)
+    return _collect(path, rows, skip_bad_images)
 
 
 def _question_text(prompt) -> str:
@@ -397,10 +469,10 @@ def _question_text(prompt) -> str:
     if isinstance(prompt, list):
         prompt = "\n".join(p.get("text") or "" for p in prompt
                            if isinstance(p, dict) and p.get("type") == "text")
-    return prompt.replace("<image>", "").strip() if isinstance(prompt, str) else ""
+    return prompt if isinstance(prompt, str) else ""          # "<image>" goes in clean_question
 
 
-def load_parquet(path) -> list[Example]:
+def load_parquet(path, skip_bad_images=False) -> list[Example]:
     """The authors' release schema: `prompt` (chat list or string), `images` ([full image]),
     `teacher_images` ([full image, positive crop]), `teacher_neg_images` ([full image, negative
     crop]), optional `reward_model` {"ground_truth"} (-> answer, eval only) and `extra_info`
@@ -443,11 +515,12 @@ def load_parquet(path) -> list[Example]:
                        answer=None if answer is None else str(answer), **sources)
 
     rows = table.to_pylist()  # every row, images included, as Python objects
-    return _collect(path, [(f"row {n}", partial(build, n, row)) for n, row in enumerate(rows)])
+    return _collect(path, [(f"row {n}", partial(build, n, row)) for n, row in enumerate(rows)], skip_bad_images)
 
 
-def load_examples(spec) -> list[Example]:
-    """"*.jsonl", "*.parquet" or "synthetic:N:SEED" -> validated examples."""
+def load_examples(spec, skip_bad_images=False) -> list[Example]:
+    """"*.jsonl", "*.parquet" or "synthetic:N:SEED" -> validated examples. skip_bad_images: keep
+    (and report) examples whose image the processor would reject, for the trainer to replace."""
     spec = str(spec)
     if spec.startswith("synthetic:"):
         parts = spec.split(":")
@@ -455,10 +528,26 @@ def load_examples(spec) -> list[Example]:
             raise ValueError(f"bad data spec {spec!r}: expected synthetic:N:SEED, e.g. synthetic:512:0")
         return synthetic(int(parts[1]), int(parts[2]))
     if spec.endswith(".jsonl"):
-        return load_jsonl(spec)
+        return load_jsonl(spec, skip_bad_images)
     if spec.endswith(".parquet"):
-        return load_parquet(spec)
+        return load_parquet(spec, skip_bad_images)
     raise ValueError(f"unknown data spec {spec!r}: expected *.jsonl, *.parquet or synthetic:N:SEED")
+
+
+def identity(spec) -> dict:
+    """The data file's identity, saved with a run's settings: {path: "<bytes> bytes, crc32 <hex>"}
+    ({} for synthetic data, which its spec defines). A file changed between a stop and a --resume
+    (rows appended, edited) then refuses the resume, naming the file: the steps after it would
+    differ from a run on the unchanged file. The images a JSONL names are not hashed (a dataset
+    has 10^4-10^5 of them); the parquet holds its images, so they are."""
+    spec = str(spec)
+    if spec.startswith("synthetic:"):
+        return {}
+    crc = 0
+    with open(spec, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return {os.path.abspath(spec): f"{os.path.getsize(spec)} bytes, crc32 {crc:08x}"}
 
 
 # -----------------------------------------------------------------------------

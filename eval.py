@@ -639,11 +639,29 @@ RESUME_KEYS = ("model", "bench", "data", "image_root", "rules", "strip_reasoning
                "max_new_tokens", "seed", "judge", "judge_max_new_tokens")
 
 
+def model_identity(model):
+    """What --resume compares besides the model's name: the same path may hold another model later
+    (retrained there with --overwrite). A train.py checkpoint: the CRC-32 of each weight file, from
+    its manifest; another local directory: its weight files' sizes and modification times; a hub
+    id or a tiny spec: None (the name says it)."""
+    path = Path(os.path.expanduser(model))
+    if not path.is_dir():
+        return None
+    manifest = path / "manifest.json"
+    if manifest.exists():
+        return {name: entry["crc32"] for name, entry in json.loads(manifest.read_text()).items()
+                if name.endswith((".safetensors", ".bin"))}
+    return {p.name: f"{p.stat().st_size} bytes, modified {p.stat().st_mtime_ns}"
+            for p in sorted(path.glob("*")) if p.name.endswith((".safetensors", ".bin"))}
+
+
 def prepare_out_dir(args, rank):
     """Refuse to mix runs: an out-dir with an earlier evaluation is continued only with --resume and
-    only under the same settings (RESUME_KEYS); a judge may be added to a run that had none."""
+    only under the same settings (RESUME_KEYS) and the same model (model_identity); a judge may be
+    added to a run that had none."""
     out, config = Path(args.out_dir), Path(args.out_dir) / "eval_config.json"
     earlier = sorted(p.name for p in out.glob("*.jsonl")) if out.is_dir() else []
+    identity = model_identity(args.model)
     if config.exists() or earlier:
         if not args.resume:
             raise SystemExit(f"{out} holds an earlier evaluation ({', '.join(earlier[:4]) or config.name}); pass "
@@ -654,10 +672,14 @@ def prepare_out_dir(args, rank):
         if changed:
             raise SystemExit(f"--resume: {out} was evaluated with other settings: "
                              + ", ".join(f"{k} {old.get(k)!r} (now {getattr(args, k)!r})" for k in changed))
+        if "model_identity" in old and old["model_identity"] != identity:   # absent: recorded before identities
+            raise SystemExit(f"--resume: the model at {args.model} is not the one {out} evaluated (its weight files "
+                             f"differ: {old['model_identity']} then, {identity} now); evaluate it in another --out-dir")
     _gather([], _world(None)[1])  # every rank has looked before rank 0 writes
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        config.write_text(json.dumps({k: getattr(args, k) for k in RESUME_KEYS}, indent=1))
+        config.write_text(json.dumps({**{k: getattr(args, k) for k in RESUME_KEYS}, "model_identity": identity},
+                                     indent=1))
 
 
 def parse_args(argv=None):

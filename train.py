@@ -18,6 +18,7 @@ diagnostics after the update. Defaults are the authors' released recipe (docs/me
 
 import copy
 import dataclasses
+import math
 import os
 import resource
 import runpy
@@ -45,6 +46,7 @@ import data  # noqa: E402
 import model as vlm  # noqa: E402
 from gate import auroc  # noqa: E402
 from method import METHODS, answer_weights, unit_weights, views_of  # noqa: E402
+from preempt import StopSignals  # noqa: E402
 from preflight import Meter, Phases, worst_case  # noqa: E402
 from parallel import MasterWeights, all_sum, end_distributed, fp32_allreduce, load_sharded, setup_distributed  # noqa: E402
 from prefix import GroupScorer, enable_gradient_checkpointing  # noqa: E402
@@ -59,6 +61,8 @@ def check_config(cfg, world):
         value, bounds = getattr(cfg, f.name), f.metadata
         if value is None or isinstance(value, (bool, str)):
             continue
+        if not math.isfinite(value):     # NaN passes every comparison below
+            raise ValueError(f"--{f.name.replace('_', '-')} {value}: must be a finite number")
         low, above, high = bounds["min"], bounds["above"], bounds["max"]
         if ((low is not None and value < low) or (above is not None and value <= above)
                 or (high is not None and value > high)):
@@ -69,8 +73,17 @@ def check_config(cfg, world):
         raise ValueError("--student and --teacher are required")
     for name in (cfg.student, cfg.teacher):
         vlm.check_model_name(name)
-    if cfg.gate_w_max < cfg.gate_w_min:
-        raise ValueError(f"--gate-w-max {cfg.gate_w_max} must be >= --gate-w-min {cfg.gate_w_min}")
+    # The teacher scores the student's token ids: compared from the tokenizer files now (local dirs,
+    # cached hub ids), not after minutes of loading a 27B teacher; vlm.check_compatible checks again.
+    vocabs = [checkpoint.tokenizer_vocab(name) for name in (cfg.student, cfg.teacher)]
+    if None not in vocabs and vocabs[0] != vocabs[1]:
+        differ = sorted(set(vocabs[0].items()) ^ set(vocabs[1].items()), key=str)[:3]
+        raise ValueError(f"the tokenizers of --student {cfg.student} and --teacher {cfg.teacher} differ "
+                         f"({len(vocabs[0])} vs {len(vocabs[1])} tokens; e.g. (token, id) in only one: {differ}): "
+                         "the teacher cannot score the student's token ids")
+    if not cfg.gate_w_min < cfg.gate_w_max:      # Eq. 20's clip range; w_max 0 would zero every weight
+        raise ValueError(f"--gate-w-max {cfg.gate_w_max} must be > --gate-w-min {cfg.gate_w_min} (and > 0: "
+                         "the weights are clipped to [w_min, w_max])")
     if cfg.min_pixels and cfg.max_pixels and cfg.min_pixels > cfg.max_pixels:
         raise ValueError(f"--min-pixels {cfg.min_pixels} must be <= --max-pixels {cfg.max_pixels}")
     if cfg.prompts_per_step % world:
@@ -293,20 +306,36 @@ def answer_diagnostics(examples, ro, weights, processor, cfg, device):
 # ---------------------------------------------------------------------------------------------
 def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     """Run cfg; returns the per-step metrics of this start. `examples` replaces cfg.train_data with
-    examples already in memory (toy.py passes prompts stripped of their answers)."""
+    examples already in memory (toy.py passes prompts stripped of their answers). A SIGTERM or
+    SIGINT ends it after the current step with a checkpoint: SystemExit(128 + signal number)."""
     # Everything that can be wrong with the settings, the data or the run directory fails here,
     # before a model loads.
     check_config(cfg, world)
-    examples = examples if examples is not None else data.load_examples(cfg.train_data)
+    if examples is None:
+        examples = data.load_examples(cfg.train_data, cfg.skip_bad_images)
+        settings = {**dataclasses.asdict(cfg), "train_data_files": data.identity(cfg.train_data)}
+    else:
+        settings = dataclasses.asdict(cfg)
     if set(METHODS[cfg.method].views) & {"pos", "neg"}:       # crops need boxes: refuse rows without, now
         data.check_views(examples, cfg.neg_view)
-    settings = dataclasses.asdict(cfg)
-    ckpt = checkpoint.open_run(cfg.out_dir, settings, FREE, cfg.resume, cfg.overwrite, rank)
+    ckpt = checkpoint.open_run(cfg.out_dir, settings, FREE, cfg.resume, cfg.overwrite, rank,
+                               defaults=dataclasses.asdict(Config()))
+    if ckpt and checkpoint.step_of(ckpt) >= cfg.max_steps:
+        if rank == 0:
+            print(f"nothing to do: {ckpt} is at step {checkpoint.step_of(ckpt)}, --max-steps is "
+                  f"{cfg.max_steps}; raise --max-steps to train further")
+        checkpoint.release(cfg.out_dir)
+        return []
     if rank == 0:
         print(summary(cfg, world, len(examples)))
     transformers.logging.disable_progress_bar()          # no weight-loading bars between ours
     torch.manual_seed(cfg.seed + rank)                         # per-rank seeds
-    student, processor, teacher, optimizer, master = build(cfg, rank, world, device, student_dir=ckpt)
+    try:
+        student, processor, teacher, optimizer, master = build(cfg, rank, world, device, student_dir=ckpt)
+    except Exception as e:
+        if ckpt is None:
+            raise
+        raise RuntimeError(f"loading the models (the student from checkpoint {ckpt}) failed: {e}") from e
     if rank == 0:
         bounds = [f"{name} {p.image_processor.size['shortest_edge']}..{p.image_processor.size['longest_edge']}"
                   for name, p in (("student", processor), ("teacher", teacher.processor))]
@@ -314,33 +343,45 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     start = checkpoint.restore(ckpt, unwrap(student), master, optimizer, rank, device) if ckpt else 0
     if ckpt and rank == 0:
         print(f"resumed from step {start} of {ckpt}")
+    checkpoint.begin(cfg.out_dir, settings, ckpt, rank)        # from here on out_dir holds this run
     log = checkpoint.MetricsLog(cfg.out_dir, start, rank)      # after the checkpoint is known good
-    history, began = [], time.time()
+    history, began, stop = [], time.time(), StopSignals()
     bar = tqdm(range(start, cfg.max_steps), initial=start, total=cfg.max_steps, disable=rank != 0, desc=cfg.method)
     # The next step's inputs are prepared in a background thread while this step runs (PIL and the
     # tokenizer release the GIL for their heavy work); at most one step ahead. The thread has its
     # own copy of the processor: a fast tokenizer must not serve two threads at once.
     ahead, prep_processor = ThreadPoolExecutor(max_workers=1), copy.deepcopy(processor)
     next_inputs = ahead.submit(prepare, cfg, examples, start, rank, world, prep_processor, teacher)
-    for step in bar:
-        t0 = time.perf_counter()
-        inputs = next_inputs.result()
-        waited = time.perf_counter() - t0
-        if step + 1 < cfg.max_steps:
-            next_inputs = ahead.submit(prepare, cfg, examples, step + 1, rank, world, prep_processor, teacher)
-        m = train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device,
-                       progress=bar.set_postfix_str)
-        m = {"step": step + 1, **m, "time/data_wait": waited, "peak_mem_mb": peak_memory_mb(device)}
-        history.append(m)
-        log.append(m)
-        bar.set_postfix_str(f"loss {m['loss']:.4f}  kl {m['kl/k1_mean']:.3f}  len {m['rollout/len_mean']:.0f}")
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps:
-            path = checkpoint.save(cfg.out_dir, step + 1, settings, unwrap(student), processor, master,
-                                   optimizer, rank, compute_dtype(cfg, device), cfg.keep_last)
-            if rank == 0:
-                bar.write(f"saved {path}")
-    ahead.shutdown()
-    bar.close()
+    try:
+        for step in bar:
+            t0 = time.perf_counter()
+            inputs = next_inputs.result()
+            waited = time.perf_counter() - t0
+            if step + 1 < cfg.max_steps:
+                next_inputs = ahead.submit(prepare, cfg, examples, step + 1, rank, world, prep_processor, teacher)
+            metrics = train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank, world, device,
+                                 progress=bar.set_postfix_str)
+            metrics = {"step": step + 1, **metrics, "time/data_wait": waited, "peak_mem_mb": peak_memory_mb(device)}
+            history.append(metrics)
+            log.append(metrics)
+            bar.set_postfix_str(f"loss {metrics['loss']:.4f}  kl {metrics['kl/k1_mean']:.3f}  "
+                                f"len {metrics['rollout/len_mean']:.0f}")
+            stopped = stop.agreed(device)          # every rank: did any rank get SIGTERM / SIGINT?
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.max_steps or stopped:
+                path = checkpoint.save(cfg.out_dir, step + 1, settings, unwrap(student), processor, master,
+                                       optimizer, rank, compute_dtype(cfg, device), cfg.keep_last)
+                if rank == 0:
+                    bar.write(f"saved {path}")
+            if stopped:
+                if rank == 0:
+                    bar.write(f"stopped by {stopped.name} after step {step + 1} of {cfg.max_steps}: saved {path}; "
+                              "continue with --resume auto")
+                raise SystemExit(128 + stopped)          # 143 for SIGTERM: the run did not finish
+    finally:
+        stop.close()
+        ahead.shutdown(cancel_futures=True)
+        bar.close()
+        checkpoint.release(cfg.out_dir)
     if rank == 0 and history:
         last = history[-1]
         print(f"done: steps {start + 1}..{cfg.max_steps} in {(time.time() - began) / 60:.1f} min; last step: loss "
@@ -352,7 +393,7 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
 def preflight(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     """--preflight: the run's worst step, once, measured phase by phase (preflight.py); writes nothing."""
     check_config(cfg, world)
-    examples = examples if examples is not None else data.load_examples(cfg.train_data)
+    examples = examples if examples is not None else data.load_examples(cfg.train_data, cfg.skip_bad_images)
     transformers.logging.disable_progress_bar()
     torch.manual_seed(cfg.seed + rank)
     student, processor, teacher, optimizer, master = build(cfg, rank, world, device)
@@ -386,7 +427,15 @@ def main(argv=None):
         return runpy.run_module("toy", run_name="__main__")     # (toy imports train, not the other way)
     cfg = parse_args(argv, description=__doc__)
     rank, world, device = setup_distributed()
-    (preflight if cfg.preflight else train)(cfg, rank, world, device)
+    try:
+        (preflight if cfg.preflight else train)(cfg, rank, world, device)
+    except SystemExit:          # a signal stopped every rank after the same step: they leave together
+        end_distributed()
+        raise
+    except ValueError as e:     # bad settings or data, found alike by every rank: rank 0 says it in full
+        if rank != 0:
+            sys.exit(f"rank {rank}: {e}")
+        raise
     end_distributed()
 
 

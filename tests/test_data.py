@@ -296,7 +296,7 @@ def test_load_parquet_release_schema(tmp_path):
     for got, want in ((f, full), (p, pos), (n, neg)):
         assert np.array_equal(np.asarray(got), np.asarray(want))
 
-    assert data._question_text("<image>Plain?") == "Plain?"
+    assert data.clean_question(data._question_text("<image>Plain?")) == "Plain?"
     parts = [{"type": "image"}, {"type": "text", "text": "Parts?"}]
     assert data._question_text([{"role": "user", "content": parts}]) == "Parts?"
     pq.write_table(table.set_column(0, "prompt", pa.array([[{"role": "user", "content": "ok?"}],
@@ -408,3 +408,97 @@ def test_shard_is_disjoint_covering_and_equal():
         data.shard(exs, 3, 3)
     with pytest.raises(ValueError):
         data.shard(exs[:2], 0, 3)
+
+
+# -----------------------------------------------------------------------------
+# Images as displayed, boxes in displayed pixels, one placeholder rule, images the processor rejects.
+
+def write_rows(tmp_path, rows, name="d.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_a_rotated_jpeg_is_read_as_displayed_and_its_box_is_in_displayed_pixels(tmp_path):
+    # A phone photo: displayed portrait 96x128 with a red square at [20, 70, 60, 110]; stored
+    # landscape (turned 90 degrees) with EXIF Orientation 6, as cameras write it.
+    shown = np.full((128, 96, 3), 40, np.uint8)
+    shown[70:110, 20:60] = (220, 30, 30)
+    stored = Image.fromarray(shown).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[data.ORIENTATION] = 6
+    stored.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    assert Image.open(tmp_path / "phone.jpg").size == (128, 96)               # what PIL stores
+    path = write_rows(tmp_path, [{"id": "p", "image": "phone.jpg", "question": "What is red?",
+                                  "bbox": [20, 70, 60, 110]}])
+    ex, = data.load_examples(path)
+    assert ex.size == (96, 128) and ex.image.size == (96, 128)               # what a viewer shows
+    full, pos, _ = data.evidence_views(ex)
+    red = lambda im: float(np.mean((np.asarray(im)[..., 0] > 150) & (np.asarray(im)[..., 1] < 100)))
+    assert red(pos) > 0.9                                                     # z+ is the evidence
+    assert abs(red(full) - 40 * 40 / (96 * 128)) < 0.01                      # the student's image: same scene
+    stored.save(tmp_path / "phone.png", exif=exif.tobytes())                 # a PNG's eXIf chunk: the same
+    png = Example(id="q", question="q?", image_source=str(tmp_path / "phone.png"), bbox=(20, 70, 60, 110)).validate()
+    assert png.size == (96, 128) and np.array_equal(np.asarray(png.image), shown)
+
+
+def test_a_16_bit_grayscale_png_keeps_its_range(tmp_path):
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    ex = Example(id="d", question="q?", image_source=str(tmp_path / "deep.png"), bbox=(0, 0, 10, 10)).validate()
+    got = np.asarray(ex.image)[0, :, 0]
+    assert got[0] == 0 and got[-1] == 255 and len(np.unique(got)) > 50      # not saturated to white
+    assert np.abs(got.astype(float) - ramp[0] / 257).max() <= 0.5
+
+
+@pytest.mark.parametrize("box, message", [
+    ([0.1, 0.2, 0.5, 0.6], r"field bbox: box .* looks normalised to 0-1: boxes are \[x0, y0, x1, y1\] in pixels of "
+                           r"the image as displayed .*here 128x96; convert with \[x0 \* W"),
+    ([100, 100, 600, 500], r"field bbox: box .* lies outside the 128x96 image: .*\(0-1000 normalised\? convert with"),
+])
+def test_normalised_boxes_are_refused_saying_the_convention(tmp_path, box, message):
+    noise_image(128, 96).save(tmp_path / "a.png")
+    path = write_rows(tmp_path, [{"id": "n", "image": "a.png", "question": "q?", "bbox": box}])
+    with pytest.raises(ValueError, match=rf"d.jsonl line 1: example n: {message}"):
+        data.load_examples(path)
+
+
+def test_the_image_placeholder_is_removed_by_every_loader(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    noise_image(64, 48).save(tmp_path / "a.png")
+    jsonl = write_rows(tmp_path, [{"id": "0", "image": "a.png", "question": "<image>What is this?", "bbox": [0, 0, 9, 9]}])
+    pq.write_table(pa.table({"prompt": [[{"role": "user", "content": "<image>What is this?"}]],
+                             "images": [[{"bytes": (tmp_path / "a.png").read_bytes(), "path": None}]]}),
+                   tmp_path / "d.parquet")
+    questions = [data.load_examples(p)[0].question for p in (jsonl, tmp_path / "d.parquet")]
+    assert questions == ["What is this?", "What is this?"]
+
+
+def test_images_the_processor_would_reject_are_found_at_load(tmp_path, monkeypatch, capsys):
+    Image.new("RGB", (1005, 5), (9, 9, 9)).save(tmp_path / "strip.png")     # 201:1
+    noise_image(64, 48).save(tmp_path / "a.png")
+    rows = [{"id": "ok", "image": "a.png", "question": "q?", "bbox": [0, 0, 9, 9]},
+            {"id": "strip", "image": "strip.png", "question": "q?", "bbox": [0, 0, 9, 5]}]
+    path = write_rows(tmp_path, rows)
+    with pytest.raises(ValueError, match=r"d.jsonl line 2: example strip: field image_source: 1005x5 image: "
+                                         r"aspect ratio over 200:1"):
+        data.load_examples(path)
+    kept = data.load_examples(path, skip_bad_images=True)                   # kept, for the trainer to replace
+    assert "1 images the processor would reject" in capsys.readouterr().out
+    with pytest.raises(data.RejectedImage, match="line 2: example strip"):
+        kept[1].image                                                        # what the trainer's skip catches
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)                     # 64x48 = 3072 pixels
+    with pytest.raises(ValueError, match=r"d.jsonl line 1: example ok: field image_source: 64x48 image: 3072 "
+                                         r"pixels, beyond PIL's decompression-bomb limit 2000"):
+        with pytest.warns(Image.DecompressionBombWarning):                  # PIL's own word, then ours
+            data.load_examples(write_rows(tmp_path, rows[:1]))
+
+
+def test_the_data_identity_names_each_file_and_changes_with_it(tmp_path):
+    assert data.identity("synthetic:8:0") == {}
+    path = write_rows(tmp_path, [{"id": "0"}])
+    before = data.identity(path)
+    assert list(before) == [str(path)] and before[str(path)].startswith(f"{path.stat().st_size} bytes, crc32 ")
+    path.write_text(path.read_text().replace("0", "1"))                     # same size, other bytes
+    assert data.identity(path) != before

@@ -56,7 +56,7 @@ def test_a_fresh_start_in_a_used_directory_is_refused_unless_overwritten(tmp_pat
     with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
         run(tmp_path, "--max-steps", "1")
     run(tmp_path, "--max-steps", "1", "--overwrite")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-000001", "metrics.jsonl", "train_config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "ckpt-000001", "metrics.jsonl", "train_config.json"]
     assert [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")] == [1]
 
 
@@ -147,7 +147,12 @@ def test_a_training_row_without_a_box_is_refused_before_any_model_loads(tmp_path
     (["--top-p", "1.5"], "--top-p 1.5: must be > 0 and <= 1"),
     (["--student", "./no/such/model"], "no/such/model.*no such directory"),
     (["--teacher", "/no/such/teacher"], "/no/such/teacher.*no such directory"),
-    (["--resume"], "--resume: no checkpoint"),
+    (["--resume"], "--resume: no complete checkpoint"),
+    (["--gate-alpha", "nan"], "--gate-alpha nan: must be a finite number"),
+    (["--kl-clamp", "inf"], "--kl-clamp inf: must be a finite number"),
+    (["--dual-clip=-inf"], "--dual-clip -inf: must be a finite number"),
+    (["--gate-w-max", "0"], r"--gate-w-max 0.0 must be > --gate-w-min 0.0"),
+    (["--gate-w-min", "1e30"], r"--gate-w-max 2.0 must be > --gate-w-min 1e\+30"),
 ])
 def test_bad_settings_fail_before_any_model_loads(tmp_path, no_model_may_load, extra, message):
     with pytest.raises(ValueError, match=message):
@@ -201,3 +206,14 @@ def test_an_update_that_leaves_non_finite_weights_stops_the_run_naming_the_step(
     with pytest.raises(RuntimeError, match="step 2, update 1: the optimizer step made 1 weight tensor"):
         run(tmp_path, "--max-steps", "3")
     assert [json.loads(l)["step"] for l in open(tmp_path / "metrics.jsonl")] == [1]   # step 2 never logged
+
+
+
+def test_a_data_file_changed_between_stop_and_resume_refuses_the_resume_naming_it(tmp_path, monkeypatch):
+    path = jsonl(tmp_path, [good_row(i) for i in range(4)])
+    run(tmp_path / "out", "--train-data", path, "--max-steps", "1")
+    with open(path, "a") as f:
+        f.write(json.dumps({**good_row(0), "id": "ex9"}) + "\n")        # a row appended after the stop
+    monkeypatch.setattr(vlm, "load", None)                                # refused before any model loads
+    with pytest.raises(ValueError, match=rf"define the run.*train_data_files {path}: '\d+ bytes, crc32 \w+' -> "):
+        run(tmp_path / "out", "--train-data", path, "--max-steps", "2", "--resume")

@@ -84,7 +84,7 @@ def test_opd_equals_vzero_with_unit_weights(tmp_path, monkeypatch):
 def test_answers_are_never_read_by_a_training_step(tmp_path, monkeypatch):
     _, with_answers = run(tmp_path, "--max-steps", "2", name="with")
     stripped = [ex.without_answer() for ex in data.load_examples("synthetic:32:0")]
-    monkeypatch.setattr(data, "load_examples", lambda spec: stripped)
+    monkeypatch.setattr(data, "load_examples", lambda spec, *args: stripped)
     _, without = run(tmp_path, "--max-steps", "2", name="without")
     assert "diag/rollout_acc" in with_answers[0] and "diag/rollout_acc" not in without[0]
     strip = lambda ms: [{k: v for k, v in m.items() if not k.startswith("diag/")} for m in without_timing(ms)]
