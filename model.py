@@ -7,9 +7,9 @@ Paper parts (arXiv 2606.25319, see docs/method.md):
     (x, z+) and (x, z-) = [full image, crop, one sentence about the crop, question]. All wording is
     in the constants below; z+ and z- prompts differ ONLY in the crop pixels.
   - the three-view replay (Alg. 1 lines 8-10, Eqs. 8, 15-16, 23): log pi(y_k | prompt, y_<k) of
-    every answer token, scoring only answer positions (`logits_to_keep`), the log-softmax in fp32
-    in chunks (`answer_logprobs`). The path training uses encodes each prompt once (prefix.py);
-    `repeated_prompt_logprobs`, the prompt repeated per answer, is its reference in the tests.
+    every answer token. The path training uses encodes each prompt once (prefix.py) and applies
+    the output head without [N, T, V] logits (head.py); `repeated_prompt_logprobs`, the prompt
+    repeated per answer with full logits (`answer_logprobs`), is its reference in the tests.
   - the pitfalls of docs/method.md sec. 8: exact alignment (first AND last token), vision tokens never
     sampled (`vision_token_ids`), same tokenizer and template for student and teacher
     (`check_compatible`), no full-vocabulary logits for prompt positions.
@@ -434,8 +434,9 @@ def select_prompts(inputs, rows, *, start=None, stop=None):
 
 # ----------------------------------------------------------------------------------------------
 # Scoring helpers: log pi(y_k | prompt, y_<k) for every answer token k (Alg. 1 lines 8-10).
-# The path every phase uses encodes each prompt once for its G answers: prefix.py. Here: what both
-# paths share, and the plain repeated-prompt path that the tests and bench.py check it against.
+# The path every phase uses encodes each prompt once for its G answers (prefix.py) and never holds
+# [N, T, V] logits (head.py). Here: what both paths share (`check_answers`), and the plain path that
+# the tests and bench.py check it against: the prompt repeated per answer, full logits.
 def check_answers(answer_ids, answer_mask, rows):
     """Validate [N, T] answers (ids, mask True up to and including EOS) for N = len(rows) prompt rows."""
     n, t = answer_ids.shape
@@ -460,7 +461,8 @@ def _token_logprobs(logits, token_ids):
 
 
 def answer_logprobs(logits, answer_ids, mask, *, chunk_size=32):
-    """[N, T, V] logits (logit j predicts answer token j) -> [N, T] fp32 log-probs, 0 where masked.
+    """THE REFERENCE (tests, bench.py): [N, T, V] logits (logit j predicts answer token j) -> [N, T]
+    fp32 log-probs, 0 where masked.
     Log-softmax in fp32, a chunk of positions at a time, so no [N, T, V] fp32 copy (bf16 model)
     or [N, T, V] logsumexp temporaries (any model) ever exist: extra memory N x chunk x V x 4 bytes.
     With grad, each chunk is recomputed in backward (checkpoint) instead of saving its fp32 copy.

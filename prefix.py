@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, LinearAttentionLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from model import answer_logprobs, check_answers
+from head import token_logprobs
+from model import check_answers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,8 +199,10 @@ def score(model, prefix, rows, answer_ids, answer_mask, *, max_tokens=None):
     """log pi(y_k | prompt, y_<k) [N, T] fp32 of every answer token, 0 where answer_mask is False.
     Answer i continues prefix row rows[i] (siblings: rows = [0]*G + [1]*G + ...). One forward.
 
-    Alignment: the forward's input is [held-back prompt token, y_0 .. y_{T-2}] (T tokens): logit j
-    sits at the position of the token that precedes y_j, so it scores y_j, first and last alike.
+    Alignment: the forward's input is [held-back prompt token, y_0 .. y_{T-2}] (T tokens): the final
+    hidden state j sits at the position of the token that precedes y_j, so it scores y_j, first and
+    last alike. No [N, T, V] logits: the model runs to its final hidden states and head.py applies
+    the output head a vocabulary block at a time, to the unmasked positions only.
     max_tokens (no gradients): score the answers in parts, see below."""
     answer_ids, mask = check_answers(answer_ids, answer_mask, rows)
     if prefix.tail is None:
@@ -213,13 +216,42 @@ def score(model, prefix, rows, answer_ids, answer_mask, *, max_tokens=None):
         parts = torch.arange(n).split(max(1, max_tokens // per_row))
         if len(parts) > 1:
             return torch.cat([score(model, prefix, rows[p], answer_ids[p], mask[p]) for p in parts])
+    return _apply_head(model, answer_inputs(prefix, rows, answer_ids, mask), answer_ids, mask)
+
+
+def answer_inputs(prefix, rows, answer_ids, mask):
+    """The answer forward's keyword arguments: answer i continues prefix row rows[i]; its input is
+    [held-back prompt token, y_0 .. y_{T-2}], so position j's final hidden state scores y_j."""
     past = prefix.continued(rows)
+    t = answer_ids.shape[1]
     inputs = torch.cat([past.tail[:, None], answer_ids[:, :-1]], 1)                  # [N, T]
     attention = torch.cat([past.mask, torch.ones_like(mask[:, :1]), mask[:, :-1]], 1).long()   # [N, C + T]
     positions = (past.next_pos[:, None] + torch.arange(t, device=inputs.device))[None].expand(3, -1, -1)
-    logits = model(input_ids=inputs, attention_mask=attention, position_ids=positions, past_key_values=past,
-                   use_cache=True, logits_to_keep=t).logits                          # [N, T, V], model dtype
-    return answer_logprobs(logits, answer_ids, mask)                                 # [N, T] fp32
+    return dict(input_ids=inputs, attention_mask=attention, position_ids=positions, past_key_values=past,
+                use_cache=True)
+
+
+def _apply_head(model, inputs, answer_ids, mask):
+    # One call through `model` (FSDP2's hooks gather, DDP's one forward) that stops at the final
+    # hidden states [N, T, H] and applies the output head to the unmasked positions (head.py).
+    n, t = answer_ids.shape
+    head = model.get_output_embeddings()           # lm_head [V, H], or the input embedding when tied
+    if head.bias is not None:
+        raise ValueError("score: an output head with a bias is not supported (no Qwen VLM has one)")
+    out = {}
+
+    def apply_head(module, args, output):
+        # Runs inside the model's own forward, right after its decoder: the parameters of FSDP2's
+        # root unit (lm_head, embeddings) are gathered here, and under DDP it is part of the one
+        # module call. output[0]: the final hidden states [N, T, H], after the last norm.
+        out["logp"] = token_logprobs(output[0][mask], head.weight, answer_ids[mask])   # [unmasked]
+    hook = model.model.register_forward_hook(apply_head)
+    try:
+        # logits_to_keep = no position: the model's own head computes nothing ([N, 0, V]).
+        model(**inputs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=answer_ids.device))
+    finally:
+        hook.remove()
+    return torch.zeros(n, t, dtype=torch.float32, device=answer_ids.device).masked_scatter(mask, out["logp"])  # [N, T] fp32
 
 
 def sampling_cache(model, prefix, rows):
