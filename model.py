@@ -35,6 +35,8 @@ from transformers import (AutoConfig, AutoModelForImageTextToText, BatchFeature,
                           Qwen2VLImageProcessorPil)
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
+import shapes
+
 # ----------------------------------------------------------------------------------------------
 # Prompt wording: the one place. The paper's exact teacher wording is unreleased (docs/method.md sec. 5).
 # No system prompt; thinking mode off (Qwen3.5 templates read `enable_thinking`, others ignore it).
@@ -177,6 +179,21 @@ def _tiny_config(family, size, tokenizer):
     return AutoConfig.for_model(family, text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
+def _tiny_processor(family):
+    # The tiny tokenizer; the PIL image processor (works without torchvision) at the family's patch
+    # size, merging 2x2 patches into one LLM token, as the real ones do.
+    image_processor = Qwen2VLImageProcessorPil(patch_size=FAMILIES[family][1], merge_size=2, temporal_patch_size=2,
+                                               min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
+    return QwenImageProcessor(image_processor, _tiny_tokenizer(), chat_template=CHAT_TEMPLATE)
+
+
+def _random_model(family, config, processor, seed, device):
+    with torch.random.fork_rng(devices=[]), torch.device(device):  # seeded init, the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = getattr(transformers, FAMILIES[family][0])(config)
+    return _finish(model, processor), processor
+
+
 def build_tiny(family="qwen2_5_vl", size="tiny", seed=0, device="cpu"):
     """A random-weight Qwen VLM + processor, built offline, identical for a seed in any process.
     device="meta": the model's shapes only, no weights (parallel.load_sharded fills them)."""
@@ -184,29 +201,36 @@ def build_tiny(family="qwen2_5_vl", size="tiny", seed=0, device="cpu"):
         raise ValueError(f"unknown tiny family {family!r}; choose one of {sorted(FAMILIES)}")
     if size not in SIZES:
         raise ValueError(f"unknown tiny size {size!r}; choose one of {sorted(SIZES)}")
-    tokenizer = _tiny_tokenizer()
-    class_name, patch_size = FAMILIES[family]
-    # The PIL image processor works without torchvision; merge 2x2 patches into one LLM token.
-    image_processor = Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
-    processor = QwenImageProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
-    config = _tiny_config(family, size, tokenizer)
-    with torch.random.fork_rng(devices=[]), torch.device(device):  # seeded init, the caller's RNG untouched
-        torch.manual_seed(seed)
-        model = getattr(transformers, class_name)(config)
-    return _finish(model, processor), processor
+    processor = _tiny_processor(family)
+    return _random_model(family, _tiny_config(family, size, processor.tokenizer), processor, seed, device)
+
+
+def build_shape(spec, seed=0, device="cpu"):
+    """A real-size architecture "shape:NAME[:layers=N][:vision_layers=N]" (shapes.py) with random
+    weights and the tiny processor. device="meta" to count parameters without memory."""
+    family = shapes.family(spec)
+    processor = _tiny_processor(family)
+    tok = processor.tokenizer
+    ids = {f"{kind}_token_id": tok.convert_tokens_to_ids(f"<|{token}|>") for kind, token in
+           (("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"), ("vision_end", "vision_end"))}
+    ids.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return _random_model(family, shapes.config(spec, ids), processor, seed, device)
 
 
 def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, trust_remote_code=False,
          min_pixels=None, max_pixels=None):
-    """(model, processor) from a hub id, a local dir, or an offline spec "SIZE:FAMILY[@SEED]".
+    """(model, processor) from a hub id, a local dir, an offline spec "SIZE:FAMILY[@SEED]", or a
+    real-size random one "shape:NAME[:layers=N]" (shapes.py; on device="meta" to count parameters).
     device="meta" builds the model without reading any weight (see parallel.load_sharded).
     min_pixels / max_pixels override the image processor's bounds (see `set_pixel_bounds`)."""
     meta = torch.device(device).type == "meta"
     spec = TINY_SPEC.fullmatch(name)
-    if spec:
-        size, family, seed = spec.group(1), spec.group(2), int(spec.group(3) or 0)
-        model, processor = build_tiny(family, size, seed, device="meta" if meta else "cpu")
+    if spec or name.startswith("shape:"):
+        build = device if meta else "cpu"
+        if spec:
+            model, processor = build_tiny(spec.group(2), spec.group(1), int(spec.group(3) or 0), device=build)
+        else:
+            model, processor = build_shape(name, device=build)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         set_pixel_bounds(processor, min_pixels, max_pixels)
@@ -238,6 +262,9 @@ def check_model_name(name):
     """Refuse, without touching the network, a model name that cannot be loaded: a malformed tiny
     spec, or a path that does not exist (transformers would take it for a hub id and retry for 30 s)."""
     if TINY_SPEC.fullmatch(name):
+        return
+    if name.startswith("shape:"):
+        shapes.parse(name)
         return
     if ":" in name and not name.startswith(("/", ".")):
         raise ValueError(f"bad tiny model spec {name!r}: expected SIZE:FAMILY[@SEED] with SIZE in {sorted(SIZES)}"
