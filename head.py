@@ -33,9 +33,10 @@ import torch
 BLOCK_VALUES, MIN_COLUMNS = 2**24, 256
 
 
-def token_logprobs(hidden, weight, ids):
-    """hidden [M, H] final hidden states (the model's dtype), weight [V, H] the output head, ids [M]
-    the sampled tokens -> [M] fp32 log pi(ids | ...). Differentiable in hidden and weight."""
+def token_logprobs(hidden, weight, ids, bias=None):
+    """hidden [M, H] final hidden states (the model's dtype), weight [V, H] the output head (and its
+    bias [V], which no Qwen VLM has but tests use to steer sampling), ids [M] the sampled tokens ->
+    [M] fp32 log pi(ids | ...). Differentiable in hidden, weight and bias."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1] or ids.shape != hidden.shape[:1]:
         raise ValueError(f"need hidden [M, H], weight [V, H], ids [M]; got {tuple(hidden.shape)}, "
                          f"{tuple(weight.shape)}, {tuple(ids.shape)}")
@@ -43,7 +44,7 @@ def token_logprobs(hidden, weight, ids):
         # A full-logits gather would fail on such an id; a block loop would silently score it -logsumexp.
         raise ValueError(f"token ids must lie in [0, {weight.shape[0]}) (the head's rows); got "
                          f"[{int(ids.min())}, {int(ids.max())}]")
-    return _TokenLogprobs.apply(hidden, weight, ids)
+    return _TokenLogprobs.apply(hidden, weight, ids, bias)
 
 
 def _columns(positions, vocab):
@@ -51,43 +52,45 @@ def _columns(positions, vocab):
     return min(vocab, max(MIN_COLUMNS, BLOCK_VALUES // max(positions, 1)))
 
 
-def _block_logits(hidden, weight_block):
-    # [M, H] x [b, H] -> [M, b] fp32: the product in the model's dtype (as lm_head computes it),
-    # then fp32 for the softmax (a no-op for an fp32 model).
-    return (hidden @ weight_block.T).float()
+def _block_logits(hidden, weight, bias, lo, width):
+    # [M, H] x [b, H] (+ [b]) -> [M, b] fp32: the product in the model's dtype (as lm_head computes
+    # it), then fp32 for the softmax (a no-op for an fp32 model).
+    block_bias = None if bias is None else bias[lo:lo + width]
+    return torch.nn.functional.linear(hidden, weight[lo:lo + width], block_bias).float()
 
 
 class _TokenLogprobs(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, hidden, weight, ids):
+    def forward(ctx, hidden, weight, ids, bias):
         m, vocab = hidden.shape[0], weight.shape[0]
         width = _columns(m, vocab)
         lse = torch.full((m,), -float("inf"), dtype=torch.float32, device=hidden.device)   # [M] running logsumexp
         target = torch.zeros(m, dtype=torch.float32, device=hidden.device)               # [M] h . W[y]
         for lo in range(0, vocab, width):
-            logits = _block_logits(hidden, weight[lo:lo + width])                          # [M, b]
+            logits = _block_logits(hidden, weight, bias, lo, width)                         # [M, b]
             lse = torch.logaddexp(lse, logits.logsumexp(-1))
             inside = (ids >= lo) & (ids < lo + logits.shape[1])                            # y_k in this block
             picked = logits.gather(1, (ids - lo).clamp(0, logits.shape[1] - 1)[:, None]).squeeze(1)
             target = torch.where(inside, picked, target)
             del logits
-        ctx.save_for_backward(hidden, weight, ids, lse)
+        ctx.save_for_backward(hidden, weight, ids, lse, bias)
         return target - lse
 
     @staticmethod
     def backward(ctx, grad):
-        hidden, weight, ids, lse = ctx.saved_tensors          # grad: [M] d loss / d log pi(y_k)
+        hidden, weight, ids, lse, bias = ctx.saved_tensors    # grad: [M] d loss / d log pi(y_k)
         m, vocab = hidden.shape[0], weight.shape[0]
         width = _columns(m, vocab)
-        want_hidden, want_weight = ctx.needs_input_grad[:2]
+        want_hidden, want_weight, _, want_bias = ctx.needs_input_grad
         grad = grad.float()
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_hidden else None
         grad_weight = torch.empty_like(weight) if want_weight else None
+        grad_bias = torch.empty_like(bias) if want_bias else None
         for lo in range(0, vocab, width):
             block = weight[lo:lo + width]                                                  # [b, H]
             # d log pi(y_k) / d logits_kv = onehot(y_k)_v - softmax_v; times grad_k. In place: one [M, b].
-            dlogits = _block_logits(hidden, block).sub_(lse[:, None]).exp_().mul_(-grad[:, None])
+            dlogits = _block_logits(hidden, weight, bias, lo, width).sub_(lse[:, None]).exp_().mul_(-grad[:, None])
             inside = (ids >= lo) & (ids < lo + block.shape[0])
             dlogits.scatter_add_(1, (ids - lo).clamp(0, block.shape[0] - 1)[:, None],
                                  torch.where(inside, grad, 0.0)[:, None])
@@ -96,5 +99,7 @@ class _TokenLogprobs(torch.autograd.Function):
                 grad_hidden += dlogits @ block                                               # [M, H]
             if want_weight:
                 torch.matmul(dlogits.T, hidden, out=grad_weight[lo:lo + width])              # [b, H]
+            if want_bias:
+                grad_bias[lo:lo + width] = dlogits.sum(0)
             del dlogits
-        return None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight, None
+        return None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight, None, grad_bias

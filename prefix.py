@@ -236,15 +236,13 @@ def _apply_head(model, inputs, answer_ids, mask):
     # hidden states [N, T, H] and applies the output head to the unmasked positions (head.py).
     n, t = answer_ids.shape
     head = model.get_output_embeddings()           # lm_head [V, H], or the input embedding when tied
-    if head.bias is not None:
-        raise ValueError("score: an output head with a bias is not supported (no Qwen VLM has one)")
     out = {}
 
     def apply_head(module, args, output):
         # Runs inside the model's own forward, right after its decoder: the parameters of FSDP2's
         # root unit (lm_head, embeddings) are gathered here, and under DDP it is part of the one
         # module call. output[0]: the final hidden states [N, T, H], after the last norm.
-        out["logp"] = token_logprobs(output[0][mask], head.weight, answer_ids[mask])   # [unmasked]
+        out["logp"] = token_logprobs(output[0][mask], head.weight, answer_ids[mask], head.bias)   # [unmasked]
     hook = model.model.register_forward_hook(apply_head)
     try:
         # logits_to_keep = no position: the model's own head computes nothing ([N, 0, V]).

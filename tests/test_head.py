@@ -55,6 +55,20 @@ def test_blocks_equal_one_full_log_softmax_values_and_gradients(monkeypatch):
     torch.testing.assert_close(head.token_logprobs(hidden, weight, ids), want, rtol=0, atol=1e-5)
 
 
+def test_a_head_bias_is_part_of_the_logits(monkeypatch):
+    # No Qwen VLM has one, but a test model may (tests/test_rollout_teacher.py steers sampling with it).
+    monkeypatch.setattr(head, "BLOCK_VALUES", 37 * 300)
+    monkeypatch.setattr(head, "MIN_COLUMNS", 1)
+    hidden, weight, ids, upstream = problem(torch.float32)
+    bias = torch.randn(1000, generator=torch.Generator().manual_seed(3)).requires_grad_()
+    want = lambda: torch.nn.functional.linear(hidden, weight, bias).log_softmax(-1).gather(1, ids[:, None]).squeeze(1)
+    got = lambda: head.token_logprobs(hidden, weight, ids, bias)
+    torch.testing.assert_close(got(), want(), rtol=0, atol=1e-5)
+    for a, b in zip(torch.autograd.grad((got() * upstream).sum(), [hidden, weight, bias]),
+                    torch.autograd.grad((want() * upstream).sum(), [hidden, weight, bias])):
+        assert (a - b).norm() <= 1e-5 * b.norm(), ((a - b).norm() / b.norm()).item()
+
+
 def test_bf16_is_as_close_to_the_truth_as_full_bf16_logits(monkeypatch):
     # In bf16 the head's product is rounded to bf16 on both paths (softmax in fp32): the block path
     # must be no further from the fp64 truth than the full-logits path it replaces.
