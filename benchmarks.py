@@ -582,7 +582,7 @@ def read_zoombench(path, image_root=None, limit=None):
                        images=("image", "crop_image"), root=image_root)
 
     def build(row):
-        question = str(_get(row, "prompt", "query", "question")).replace("<image>", "").strip()
+        question = data.clean_question(str(_get(row, "prompt", "query", "question")))
         answer = str(_get(row, "answer", "response")).strip()
         options, gold_letter = _inline_options(question), zwz_gold_letter(answer)
         kind = row.get("question_type")

@@ -7,9 +7,9 @@ Paper parts (arXiv 2606.25319, see docs/method.md):
     (x, z+) and (x, z-) = [full image, crop, one sentence about the crop, question]. All wording is
     in the constants below; z+ and z- prompts differ ONLY in the crop pixels.
   - the three-view replay (Alg. 1 lines 8-10, Eqs. 8, 15-16, 23): log pi(y_k | prompt, y_<k) of
-    every answer token, scoring only answer positions (`logits_to_keep`), the log-softmax in fp32
-    in chunks (`answer_logprobs`). The path training uses encodes each prompt once (prefix.py);
-    `repeated_prompt_logprobs`, the prompt repeated per answer, is its reference in the tests.
+    every answer token. The path training uses encodes each prompt once (prefix.py) and applies
+    the output head without [N, T, V] logits (head.py); `repeated_prompt_logprobs`, the prompt
+    repeated per answer with full logits (`answer_logprobs`), is its reference in the tests.
   - the pitfalls of docs/method.md sec. 8: exact alignment (first AND last token), vision tokens never
     sampled (`vision_token_ids`), same tokenizer and template for student and teacher
     (`check_compatible`), no full-vocabulary logits for prompt positions.
@@ -34,6 +34,8 @@ from PIL import Image
 from transformers import (AutoConfig, AutoModelForImageTextToText, BatchFeature, PreTrainedTokenizerFast,
                           Qwen2VLImageProcessorPil)
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+
+import shapes
 
 # ----------------------------------------------------------------------------------------------
 # Prompt wording: the one place. The paper's exact teacher wording is unreleased (docs/method.md sec. 5).
@@ -177,6 +179,21 @@ def _tiny_config(family, size, tokenizer):
     return AutoConfig.for_model(family, text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
+def _tiny_processor(family):
+    # The tiny tokenizer; the PIL image processor (works without torchvision) at the family's patch
+    # size, merging 2x2 patches into one LLM token, as the real ones do.
+    image_processor = Qwen2VLImageProcessorPil(patch_size=FAMILIES[family][1], merge_size=2, temporal_patch_size=2,
+                                               min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
+    return QwenImageProcessor(image_processor, _tiny_tokenizer(), chat_template=CHAT_TEMPLATE)
+
+
+def _random_model(family, config, processor, seed, device):
+    with torch.random.fork_rng(devices=[]), torch.device(device):  # seeded init, the caller's RNG untouched
+        torch.manual_seed(seed)
+        model = getattr(transformers, FAMILIES[family][0])(config)
+    return _finish(model, processor), processor
+
+
 def build_tiny(family="qwen2_5_vl", size="tiny", seed=0, device="cpu"):
     """A random-weight Qwen VLM + processor, built offline, identical for a seed in any process.
     device="meta": the model's shapes only, no weights (parallel.load_sharded fills them)."""
@@ -184,29 +201,36 @@ def build_tiny(family="qwen2_5_vl", size="tiny", seed=0, device="cpu"):
         raise ValueError(f"unknown tiny family {family!r}; choose one of {sorted(FAMILIES)}")
     if size not in SIZES:
         raise ValueError(f"unknown tiny size {size!r}; choose one of {sorted(SIZES)}")
-    tokenizer = _tiny_tokenizer()
-    class_name, patch_size = FAMILIES[family]
-    # The PIL image processor works without torchvision; merge 2x2 patches into one LLM token.
-    image_processor = Qwen2VLImageProcessorPil(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
-                                               min_pixels=TINY_MIN_PIXELS, max_pixels=TINY_MAX_PIXELS)
-    processor = QwenImageProcessor(image_processor, tokenizer, chat_template=CHAT_TEMPLATE)
-    config = _tiny_config(family, size, tokenizer)
-    with torch.random.fork_rng(devices=[]), torch.device(device):  # seeded init, the caller's RNG untouched
-        torch.manual_seed(seed)
-        model = getattr(transformers, class_name)(config)
-    return _finish(model, processor), processor
+    processor = _tiny_processor(family)
+    return _random_model(family, _tiny_config(family, size, processor.tokenizer), processor, seed, device)
+
+
+def build_shape(spec, seed=0, device="cpu"):
+    """A real-size architecture "shape:NAME[:layers=N][:vision_layers=N]" (shapes.py) with random
+    weights and the tiny processor. device="meta" to count parameters without memory."""
+    family = shapes.family(spec)
+    processor = _tiny_processor(family)
+    tok = processor.tokenizer
+    ids = {f"{kind}_token_id": tok.convert_tokens_to_ids(f"<|{token}|>") for kind, token in
+           (("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"), ("vision_end", "vision_end"))}
+    ids.update(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return _random_model(family, shapes.config(spec, ids), processor, seed, device)
 
 
 def load(name, *, dtype=torch.float32, device="cpu", attn_implementation=None, trust_remote_code=False,
          min_pixels=None, max_pixels=None):
-    """(model, processor) from a hub id, a local dir, or an offline spec "SIZE:FAMILY[@SEED]".
+    """(model, processor) from a hub id, a local dir, an offline spec "SIZE:FAMILY[@SEED]", or a
+    real-size random one "shape:NAME[:layers=N]" (shapes.py; on device="meta" to count parameters).
     device="meta" builds the model without reading any weight (see parallel.load_sharded).
     min_pixels / max_pixels override the image processor's bounds (see `set_pixel_bounds`)."""
     meta = torch.device(device).type == "meta"
     spec = TINY_SPEC.fullmatch(name)
-    if spec:
-        size, family, seed = spec.group(1), spec.group(2), int(spec.group(3) or 0)
-        model, processor = build_tiny(family, size, seed, device="meta" if meta else "cpu")
+    if spec or name.startswith("shape:"):
+        build = device if meta else "cpu"
+        if spec:
+            model, processor = build_tiny(spec.group(2), spec.group(1), int(spec.group(3) or 0), device=build)
+        else:
+            model, processor = build_shape(name, device=build)
         if attn_implementation is not None:
             model.set_attn_implementation(attn_implementation)
         set_pixel_bounds(processor, min_pixels, max_pixels)
@@ -238,6 +262,9 @@ def check_model_name(name):
     """Refuse, without touching the network, a model name that cannot be loaded: a malformed tiny
     spec, or a path that does not exist (transformers would take it for a hub id and retry for 30 s)."""
     if TINY_SPEC.fullmatch(name):
+        return
+    if name.startswith("shape:"):
+        shapes.parse(name)
         return
     if ":" in name and not name.startswith(("/", ".")):
         raise ValueError(f"bad tiny model spec {name!r}: expected SIZE:FAMILY[@SEED] with SIZE in {sorted(SIZES)}"
@@ -434,8 +461,9 @@ def select_prompts(inputs, rows, *, start=None, stop=None):
 
 # ----------------------------------------------------------------------------------------------
 # Scoring helpers: log pi(y_k | prompt, y_<k) for every answer token k (Alg. 1 lines 8-10).
-# The path every phase uses encodes each prompt once for its G answers: prefix.py. Here: what both
-# paths share, and the plain repeated-prompt path that the tests and bench.py check it against.
+# The path every phase uses encodes each prompt once for its G answers (prefix.py) and never holds
+# [N, T, V] logits (head.py). Here: what both paths share (`check_answers`), and the plain path that
+# the tests and bench.py check it against: the prompt repeated per answer, full logits.
 def check_answers(answer_ids, answer_mask, rows):
     """Validate [N, T] answers (ids, mask True up to and including EOS) for N = len(rows) prompt rows."""
     n, t = answer_ids.shape
@@ -460,7 +488,8 @@ def _token_logprobs(logits, token_ids):
 
 
 def answer_logprobs(logits, answer_ids, mask, *, chunk_size=32):
-    """[N, T, V] logits (logit j predicts answer token j) -> [N, T] fp32 log-probs, 0 where masked.
+    """THE REFERENCE (tests, bench.py): [N, T, V] logits (logit j predicts answer token j) -> [N, T]
+    fp32 log-probs, 0 where masked.
     Log-softmax in fp32, a chunk of positions at a time, so no [N, T, V] fp32 copy (bf16 model)
     or [N, T, V] logsumexp temporaries (any model) ever exist: extra memory N x chunk x V x 4 bytes.
     With grad, each chunk is recomputed in backward (checkpoint) instead of saving its fp32 copy.

@@ -52,7 +52,10 @@ the internal, if a release changes one):
   - The Qwen models' `model.model.get_rope_index(input_ids, mm_token_type_ids, image_grid_thw=,
     attention_mask=)` (M-RoPE positions) and `model.model.rope_deltas`, the offset `generate`
     positions new tokens with (rollout.py sets it from `sampling_cache`); forwards take explicit
-    `position_ids` [3, n, L], `past_key_values` and `logits_to_keep`.
+    `position_ids` [3, n, L], `past_key_values` and `logits_to_keep` (an empty index tensor: the
+    model's own head computes nothing), and the inner `model.model`'s output[0] is the final hidden
+    state after the last norm, which `model.get_output_embeddings()` turns into logits (the hook
+    `_apply_head` reads it there).
 
 Tests: python -m pytest -q tests/test_prefix.py (against the repeated-prompt path, three families).
 """
@@ -62,7 +65,8 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer, LinearAttentionLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from model import answer_logprobs, check_answers
+from head import token_logprobs
+from model import check_answers
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,8 +226,10 @@ def score(model, prefix, rows, answer_ids, answer_mask, *, max_tokens=None):
     """log pi(y_k | prompt, y_<k) [N, T] fp32 of every answer token, 0 where answer_mask is False.
     Answer i continues prefix row rows[i] (siblings: rows = [0]*G + [1]*G + ...). One forward.
 
-    Alignment: the forward's input is [held-back prompt token, y_0 .. y_{T-2}] (T tokens): logit j
-    sits at the position of the token that precedes y_j, so it scores y_j, first and last alike.
+    Alignment: the forward's input is [held-back prompt token, y_0 .. y_{T-2}] (T tokens): the final
+    hidden state j sits at the position of the token that precedes y_j, so it scores y_j, first and
+    last alike. No [N, T, V] logits: the model runs to its final hidden states and head.py applies
+    the output head a vocabulary block at a time, to the unmasked positions only.
     max_tokens (no gradients): score the answers in parts, see below."""
     answer_ids, mask = check_answers(answer_ids, answer_mask, rows)
     if prefix.tail is None:
@@ -237,13 +243,40 @@ def score(model, prefix, rows, answer_ids, answer_mask, *, max_tokens=None):
         parts = torch.arange(n).split(max(1, max_tokens // per_row))
         if len(parts) > 1:
             return torch.cat([score(model, prefix, rows[p], answer_ids[p], mask[p]) for p in parts])
+    return _apply_head(model, answer_inputs(prefix, rows, answer_ids, mask), answer_ids, mask)
+
+
+def answer_inputs(prefix, rows, answer_ids, mask):
+    """The answer forward's keyword arguments: answer i continues prefix row rows[i]; its input is
+    [held-back prompt token, y_0 .. y_{T-2}], so position j's final hidden state scores y_j."""
     past = prefix.continued(rows)
+    t = answer_ids.shape[1]
     inputs = torch.cat([past.tail[:, None], answer_ids[:, :-1]], 1)                  # [N, T]
     attention = torch.cat([past.mask, torch.ones_like(mask[:, :1]), mask[:, :-1]], 1).long()   # [N, C + T]
     positions = (past.next_pos[:, None] + torch.arange(t, device=inputs.device))[None].expand(3, -1, -1)
-    logits = model(input_ids=inputs, attention_mask=attention, position_ids=positions, past_key_values=past,
-                   use_cache=True, logits_to_keep=t).logits                          # [N, T, V], model dtype
-    return answer_logprobs(logits, answer_ids, mask)                                 # [N, T] fp32
+    return dict(input_ids=inputs, attention_mask=attention, position_ids=positions, past_key_values=past,
+                use_cache=True)
+
+
+def _apply_head(model, inputs, answer_ids, mask):
+    # One call through `model` (FSDP2's hooks gather, DDP's one forward) that stops at the final
+    # hidden states [N, T, H] and applies the output head to the unmasked positions (head.py).
+    n, t = answer_ids.shape
+    head = model.get_output_embeddings()           # lm_head [V, H], or the input embedding when tied
+    out = {}
+
+    def apply_head(module, args, output):
+        # Runs inside the model's own forward, right after its decoder: the parameters of FSDP2's
+        # root unit (lm_head, embeddings) are gathered here, and under DDP it is part of the one
+        # module call. output[0]: the final hidden states [N, T, H], after the last norm.
+        out["logp"] = token_logprobs(output[0][mask], head.weight, answer_ids[mask], head.bias)   # [unmasked]
+    hook = model.model.register_forward_hook(apply_head)
+    try:
+        # logits_to_keep = no position: the model's own head computes nothing ([N, 0, V]).
+        model(**inputs, logits_to_keep=torch.zeros(0, dtype=torch.long, device=answer_ids.device))
+    finally:
+        hook.remove()
+    return torch.zeros(n, t, dtype=torch.float32, device=answer_ids.device).masked_scatter(mask, out["logp"])  # [N, T] fp32
 
 
 def sampling_cache(model, prefix, rows):

@@ -90,3 +90,20 @@ def test_model_internals_and_call_order(family, monkeypatch):
         f"{family}: not every decoder layer updated its cache in the forward")
     assert all(layer.get_seq_length() > 0 if isinstance(layer, X._Attention) else layer.has_previous_state[0]
                for layer in prefix.layers)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_5"])
+def test_final_hidden_states_and_empty_logits_to_keep(family):
+    # head.py applies the output head itself to model.model's output[0]; the model's own head must
+    # compute nothing when logits_to_keep is an empty index tensor.
+    model, processor = M.load(f"tiny:{family}")
+    prompts = dict(M.student_prompts(processor, [Image.new("RGB", (64, 64))], ["What colour is the cup?"]))
+    seen = {}
+    hook = model.model.register_forward_hook(lambda module, args, output: seen.update(hidden=output[0]))
+    with torch.no_grad():
+        full = model(**prompts).logits                                              # [1, P, V]
+        none = model(**prompts, logits_to_keep=torch.zeros(0, dtype=torch.long)).logits
+    hook.remove()
+    assert none.shape[1] == 0, f"{family}: an empty logits_to_keep no longer skips the head"
+    torch.testing.assert_close(model.get_output_embeddings()(seen["hidden"]), full, rtol=1e-5, atol=1e-5,
+                               msg=f"{family}: model.model's output[0] is no longer the head's input")
