@@ -4,6 +4,7 @@ The zoom world in miniature: a toy teacher and base student for a CPU, the demo,
     python train.py                 # the demo: build or reuse the toy models, V-Zero, a table
     python toy.py --results         # base vs OPD vs V-Zero vs random crop, 3 seeds: table + plot
     python toy.py --models          # only build (or find) the toy teacher and base student
+    python toy_study.py             # when does the gate help? formats x missed boxes x 4 arms x 3 seeds
 
 No Qwen checkpoint can be downloaded here, so this file makes the stand-ins for pretrained ones:
 small real-architecture Qwen2.5-VL models (model.py, `small:qwen2_5_vl`, ~9M parameters) trained
@@ -21,7 +22,9 @@ every knob below), and reused by later runs.
 Then V-Zero trains the base student on prompts WITHOUT answers (Example.without_answer) and
 both students are scored on a held-out split (another seed of the world) with eval.py.
 The measured result, what was tried, and how it maps to the paper: README.md, "The zoom-world
-result". Tests: python -m pytest -q tests/test_toy.py
+result". The study's conditions are options of this same world (Condition: the answer format and
+the fraction of distillation prompts whose z+ box misses the target); the default is the demo's.
+Tests: python -m pytest -q tests/test_toy.py
 """
 
 import argparse
