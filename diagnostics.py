@@ -38,22 +38,29 @@ def token_parts(tokenizer, response_ids, mask, choices):
         if choice is None:
             parts[r, :len(ids)] = PARTS.index("no_choice")
             continue
-        # The span of the decisive word: the first whole-word occurrence of the named choice, as
-        # data.match_choice finds it. A token's span: where its text starts and ends in the
-        # decoded response (the decoded prefixes; special tokens have none).
+        # The decisive word's characters: the first whole-word occurrence of the named choice, as
+        # data.match_choice finds it. Its tokens: from the first whose text reaches past the word's
+        # start to the first whose text reaches its end.
         word = re.search(rf"(?<!\w){re.escape(choice)}(?!\w)", text, re.IGNORECASE)
-        start = 0
-        for k in range(len(ids)):
-            end = max(start, len(tokenizer.decode(ids[:k + 1], skip_special_tokens=True)))
-            if end <= word.start():
-                part = "lead_in"
-            elif start >= word.end():
-                part = "follow_up"
-            else:
-                part = "decisive"               # its text overlaps the decisive word
-            parts[r, k] = PARTS.index(part)
-            start = end
+        first, last = reaching(tokenizer, ids, word.start()), reaching(tokenizer, ids, word.end() - 1)
+        parts[r, :first] = PARTS.index("lead_in")
+        parts[r, first:last + 1] = PARTS.index("decisive")
+        parts[r, last + 1:len(ids)] = PARTS.index("follow_up")
     return parts
+
+
+def reaching(tokenizer, ids, chars):
+    """The first k whose prefix ids[:k + 1] decodes to more than `chars` characters: the token that
+    holds character `chars` of the response. A binary search over the decoded prefixes (their length
+    grows with k; special tokens add none), so a 2048-token answer costs ~11 decodes, not 2048."""
+    low, high = 0, len(ids)
+    while low < high:
+        mid = (low + high) // 2
+        if len(tokenizer.decode(ids[:mid + 1], skip_special_tokens=True)) > chars:
+            high = mid
+        else:
+            low = mid + 1
+    return low
 
 
 def signal_sums(weights, d, mask, correct, parts):

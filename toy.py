@@ -270,7 +270,8 @@ def view_accuracy(model, processor, examples, view, max_new_tokens=MAX_NEW_TOKEN
 # is the release's default (gate alpha 0.5, w in [0, 2], k1 PPO-clip, clip 0.2 / dual 3, token-mean,
 # 2 mini-batches per step). Changed for scale: the lr (1e-6 moves a 4B model; a 9M model trained
 # at 1e-3 needs ~5e-5), 6 new tokens for a one-word answer (not 2048; FORMATS), 8 prompts x G = 8 per step.
-DISTILL = dict(lr=5e-5, prompts_per_step=8, group_size=8, max_steps=20, save_every=5, keep_last=0, attn_implementation="eager")
+DISTILL = dict(lr=5e-5, prompts_per_step=8, group_size=8, max_steps=20, save_every=5, keep_last=0,
+               attn_implementation="eager")
 N_TRAIN, N_HELDOUT = 2048, 256
 DISTILL_SEED = TRAIN_SEED + 1      # distillation prompts: unseen by the supervised runs
 
@@ -379,10 +380,11 @@ def run_arm(arm, seed, heldout, out="out/toy", cond=DEFAULT, **overrides):
 
 def heldout_curve(cfg, heldout):
     """{step: held-out accuracy} of every checkpoint of the run, kept in its heldout.json: a second
-    call reads it as long as the checkpoints and the held-out questions are the same."""
+    call reads it while the checkpoints (names and write times) and the held-out questions are the same."""
     path, steps = os.path.join(cfg.out_dir, "heldout.json"), checkpoint.checkpoints(cfg.out_dir)
     questions = hashlib.sha1(json.dumps([[ex.id, ex.question, ex.answer] for ex in heldout]).encode()).hexdigest()
-    key = {"checkpoints": [os.path.basename(p) for p in steps], "heldout": questions}
+    saved_at = [[os.path.basename(p), os.path.getmtime(os.path.join(p, "model.safetensors"))] for p in steps]
+    key = {"checkpoints": saved_at, "heldout": questions, "max_new_tokens": cfg.max_new_tokens}
     if os.path.exists(path):
         saved = json.load(open(path))
         if saved["key"] == key:
@@ -425,8 +427,10 @@ COLOURS = {"opd": (230, 120, 20), "vzero": (30, 110, 220), "vzero-random": (150,
            "vzero-alpha1": (120, 40, 160), "vzero-wmin1": (40, 160, 80)}
 
 
-def plot(curves, base, path, size=(640, 400), title="held-out accuracy of the student (greedy), mean and +-sd "
-                                                             "over seeds, by step"):
+PLOT_TITLE = "held-out accuracy of the student (greedy), mean and +-sd over seeds, by step"
+
+
+def plot(curves, base, path, size=(640, 400), title=PLOT_TITLE):
     """Mean held-out accuracy vs step per arm (one line each, a bar for +- sd over seeds), with the
     base student as step 0 and as a reference line (plot.panel: Pillow only)."""
     steps = sorted({s for runs in curves.values() for c in runs for s in c} | {0})
@@ -436,8 +440,7 @@ def plot(curves, base, path, size=(640, 400), title="held-out accuracy of the st
         lines[arm] = ([statistics.mean(a) for a in accs], COLOURS[arm])
         bands[arm] = [(statistics.mean(a) - statistics.pstdev(a), statistics.mean(a) + statistics.pstdev(a)) for a in accs]
     img = Image.new("RGB", size, "white")
-    panel(ImageDraw.Draw(img), (0, 0, *size), steps, lines,
-          title,
+    panel(ImageDraw.Draw(img), (0, 0, *size), steps, lines, title,
           bands=bands, hline=("base student", base), y_format="{:.0%}")
     img.save(path)
     return path

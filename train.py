@@ -288,7 +288,8 @@ def answer_diagnostics(examples, ro, lp, weights, processor, cfg, device):
     # d_k of the first update (Eq. 23, the student at sampling time), clamped as the loss clamps it.
     d = (ro.old_logp - lp[method.target]).clamp(-cfg.kl_clamp, cfg.kl_clamp)     # [B*G, T]
     parts = diagnostics.token_parts(processor.tokenizer, ro.response_ids, mask, [ex.choices for ex in per_answer])
-    sums = diagnostics.signal_sums(weights, d, mask, torch.tensor(correct), parts.to(mask.device))
+    sums = diagnostics.signal_sums(weights, d, mask, torch.tensor(correct, device=mask.device),
+                                     parts.to(mask.device))
     out.update(diagnostics.signal_shares(dict(zip(sums, all_sum(list(sums.values()), device)))))
     if method.weights is not unit_weights:      # the weights of a gate, not all ones
         score, _ = trajectory_scores(lp["pos"], lp["neg"], mask, gamma=cfg.gate_gamma)    # Eq. 18, [B*G]

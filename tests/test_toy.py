@@ -9,6 +9,7 @@ The real scale and its numbers: README.md, "The zoom-world result".
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -217,6 +218,18 @@ def test_token_parts_and_signal_shares_by_hand():
     assert parts[0].tolist() == [LEAD] * 8 + [DEC] + [FOL] * 2
     assert parts[1].tolist() == [DEC] * 3 + [FOL] + [-1] * 7
     assert parts[2].tolist() == [NONE] * 7 + [-1] * 4
+    # The binary search equals the plain per-token rule (a token is decisive when its decoded span
+    # overlaps the word), here and on answers with the word mid-sentence or repeated.
+    more = ["I think it is a cross, not a plus.", "ringring ring dot", "Dot.", "a tee"]
+    more_ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in more]
+    for row, text in zip(rows + more_ids, texts + more):
+        word = re.search(rf"(?<!\w){data.match_choice(text, choices[0]) or '#'}(?!\w)", text, re.IGNORECASE)
+        plain = []
+        for k in range(len(row)):
+            start, end = (len(tok.decode(row[:j], skip_special_tokens=True)) for j in (k, k + 1))
+            plain.append(NONE if word is None else LEAD if end <= word.start() else FOL if start >= word.end() else DEC)
+        got = diagnostics.token_parts(tok, torch.tensor([row]), torch.ones(1, len(row), dtype=torch.bool), choices[:1])
+        assert got[0].tolist() == plain, text
     weights = torch.tensor([1.5, 0.5, 1.0])
     d = torch.tensor([[1.0] * T, [-2.0] * T, [0.5] * T])      # clamped d_k; padding values never read
     sums = diagnostics.signal_sums(weights, d, mask, torch.tensor([True, False, False]), parts)
