@@ -72,4 +72,5 @@ def answer_weights(weights, mask):
     the answer's tokens (what diagnostics compare across answers)."""
     if weights.dim() == 1:
         return weights
-    return (weights * mask).sum(1) / mask.sum(1).clamp(min=1)
+    mask = mask.bool()
+    return torch.where(mask, weights, 0.0).sum(1) / mask.sum(1).clamp(min=1)

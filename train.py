@@ -43,8 +43,9 @@ from tqdm import tqdm  # noqa: E402
 
 import checkpoint  # noqa: E402
 import data  # noqa: E402
+import diagnostics  # noqa: E402
 import model as vlm  # noqa: E402
-from gate import auroc  # noqa: E402
+from gate import trajectory_scores  # noqa: E402
 from method import METHODS, answer_weights, unit_weights, views_of  # noqa: E402
 from preempt import StopSignals  # noqa: E402
 from preflight import Meter, Phases, worst_case  # noqa: E402
@@ -249,7 +250,7 @@ def train_step(cfg, inputs, student, processor, teacher, optimizer, master, rank
 
     metrics = step_metrics(sums, gate_stats, ro, seconds, inputs.bad_images, device)
     # Diagnostics only, AFTER the update: answers never touch the step above.
-    metrics.update(answer_diagnostics(inputs.examples, ro, weights, processor, cfg, device))
+    metrics.update(answer_diagnostics(inputs.examples, ro, lp, weights, processor, cfg, device))
     return metrics
 
 
@@ -284,22 +285,33 @@ def step_metrics(sums, gate_stats, ro, seconds, bad_images, device):
             "data/bad_images": int(all_sum([bad_images], device)[0])}
 
 
-def answer_diagnostics(examples, ro, weights, processor, cfg, device):
-    # Accuracy of the sampled rollouts and AUROC of the gate weight as a detector of correctness.
+def answer_diagnostics(examples, ro, lp, weights, processor, cfg, device):
+    # Read after the update from what the step already holds (no model runs, no random draw):
+    # the rollouts' accuracy, where the loss signal went and what the gate saw (diagnostics.py).
     if any(ex.answer is None or not ex.choices for ex in examples):
         return {}
-    texts = decode(processor, ro)
-    correct = [data.match_choice(t, ex.choices) == ex.answer
-               for t, ex in zip(texts, (ex for ex in examples for _ in range(cfg.group_size)))]
+    method, mask = METHODS[cfg.method], ro.response_mask                      # [B*G, T]
+    per_answer = [ex for ex in examples for _ in range(cfg.group_size)]
+    correct = [data.match_choice(t, ex.choices) == ex.answer for t, ex in zip(decode(processor, ro), per_answer)]
     n_correct, n = all_sum([sum(correct), len(correct)], device)
     out = {"diag/rollout_acc": n_correct / n}
-    if METHODS[cfg.method].weights is not unit_weights:      # the weights of a gate, not all ones
-        pairs = [(float(w), c) for w, c in zip(answer_weights(weights, ro.response_mask).tolist(), correct)]
+    # d_k of the first update (Eq. 23, the student at sampling time), clamped as the loss clamps it.
+    d = (ro.old_logp - lp[method.target]).clamp(-cfg.kl_clamp, cfg.kl_clamp)     # [B*G, T]
+    parts = diagnostics.token_parts(processor.tokenizer, ro.response_ids, mask, [ex.choices for ex in per_answer])
+    sums = diagnostics.signal_sums(weights, d, mask, torch.tensor(correct, device=mask.device),
+                                     parts.to(mask.device))
+    out.update(diagnostics.signal_shares(dict(zip(sums, all_sum(list(sums.values()), device)))))
+    if method.weights is not unit_weights:      # the weights of a gate, not all ones
+        # The paper's contrast p (Eq. 18) where the method replays both crop views; else unknown.
+        score = (trajectory_scores(lp["pos"], lp["neg"], mask, gamma=cfg.gate_gamma)[0].tolist()
+                 if {"pos", "neg"} <= set(lp) else [None] * len(correct))                 # [B*G]
+        rows = list(zip(answer_weights(weights, mask).tolist(), correct, score,
+                        [bool(ex.meta.get("box_misses_target")) for ex in per_answer]))
         if dist.is_initialized():
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, pairs)
-            pairs = [p for part in parts for p in part]
-        out["diag/gate_auroc"] = auroc([w for w, _ in pairs], [c for _, c in pairs])
+            parts_of_ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(parts_of_ranks, rows)
+            rows = [row for part in parts_of_ranks for row in part]
+        out.update(diagnostics.gate_diagnostics(rows))
     return out
 
 
