@@ -2,7 +2,7 @@
 The demo pipeline end to end at a tiny scale (tiny models, a few steps): `python train.py` with no
 arguments builds the toy teacher and base student, runs V-Zero on answer-free prompts and prints
 the table; the toy checkpoints are cached; `toy.py --results` writes the table and the plot.
-The real scale and its numbers: README.md, "The zoom-world result".
+The real scale and its numbers: docs/toy.md (summary in README.md, "Results in brief").
 
     python -m pytest -q tests/test_toy.py
 """
