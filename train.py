@@ -8,12 +8,14 @@ Train a VLM student with V-Zero: the plain loop of Algorithm 1, on one process o
         --group-size 4 --max-new-tokens 16 --out-dir out/smoke --overwrite        # CPU smoke run, ~5 s
     python bench.py                 # what each phase costs: each prompt encoded once vs once per answer
 
-One step (README, "One training step"): this rank's prompts -> the student samples G responses
-from the full image (rollout.py) -> the frozen teacher replays them under (x, z+) and (x, z-)
-(teacher.py) -> gate weights (gate.py, Eqs. 17-20) -> for each mini-batch: student log-probs with
-grad (prefix.py), the gated loss with the GLOBAL token count (loss.py, Eqs. 23-24), backward, clip, AdamW step.
+One step (`train_step`, README "One training step"): this rank's prompts (batch.py) -> 1. the
+student samples G responses from the full image (rollout.py) -> 2. the frozen teacher replays them
+under the views the method needs, (x, z+) and (x, z-) (teacher.py) -> 3. one weight per response,
+the evidence gate (method.py, gate.py, Eqs. 17-20) -> 4. per mini-batch: student log-probs with grad,
+the gated loss with the GLOBAL token count (update.py, loss.py, Eqs. 23-24), backward, clip, AdamW.
 No answer label is read by the step; answers, when the data has them, only feed logged
-diagnostics after the update. Defaults are the authors' released recipe (docs/method.md).
+diagnostics after the update (diagnostics.py). Defaults are the authors' released recipe (docs/method.md).
+`--preflight` runs the worst step once and reports its cost (preflight.py).
 """
 
 import copy
