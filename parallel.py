@@ -22,12 +22,15 @@ solved by gathering once for the phase and freeing once after it.
 
 import contextlib
 import gc
+import math
 import os
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+import data
 
 
 def shard_fsdp(net, compute_dtype=None):
@@ -194,3 +197,28 @@ def end_distributed():
         gc.collect()                     # models caught in reference cycles go now, not at exit
         dist.barrier()
         dist.destroy_process_group()
+
+
+# Evaluation's sharding: each rank scores every world-th item, all ranks get all results.
+def world_of(distributed=None):
+    # (rank, world size) of this call: sharded over the process group if there is one (or if told).
+    if distributed is None:
+        distributed = dist.is_available() and dist.is_initialized()
+    return (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+
+
+def gather_lists(items, world_size):
+    # Every rank's list of picklable records -> their concatenation, on every rank. Also a barrier.
+    if world_size == 1:
+        return items
+    parts = [None] * world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def share_of(n, rank, world_size):
+    # This rank's positions in a list of n (strided: each exactly once over the ranks), and the
+    # same padded with a repeat to ceil(n / world) so that every rank makes the same number of
+    # generate calls (an FSDP-sharded model must step in lockstep). Padding results are dropped.
+    share = data.shard(list(range(n)), rank, world_size, drop_last=False) if n else []
+    return share, share + [share[-1] if share else 0] * (math.ceil(n / world_size) - len(share))

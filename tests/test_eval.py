@@ -23,6 +23,7 @@ import answer_rules
 import benchmarks
 import data
 import eval as ev
+import gate_eval
 import model as vlm
 from config import Config
 from gate import auroc
@@ -698,7 +699,7 @@ def test_two_gloo_ranks_give_the_same_predictions_as_one(tmp_path):
 def diagnostics(tiny):
     teacher = Teacher(*vlm.load("tiny:qwen2_5_vl@1"), student_processor=tiny[1])
     examples = data.synthetic(3, 1)
-    return examples, *ev.gate_diagnostics(*tiny, teacher, examples, settings=Config(group_size=3), batch_size=2, max_new_tokens=5, explain=2)
+    return examples, *gate_eval.gate_diagnostics(*tiny, teacher, examples, settings=Config(group_size=3), batch_size=2, max_new_tokens=5, explain=2)
 
 
 def test_gate_diagnostics_records_follow_eqs_17_to_20(diagnostics):
@@ -726,7 +727,7 @@ def test_gate_diagnostics_need_boxes(tiny):
     ex = data.synthetic(1, 1)[0]
     no_box = data.Example(id="nb", question=ex.question, image_source=ex.image, answer=ex.answer, choices=ex.choices)
     with pytest.raises(ValueError, match="example nb needs an answer and a box"):
-        ev.gate_diagnostics(*tiny, None, [no_box])
+        gate_eval.gate_diagnostics(*tiny, None, [no_box], max_new_tokens=5)
 
 
 class TagChecker(HTMLParser):
@@ -752,7 +753,7 @@ class TagChecker(HTMLParser):
 
 def test_explain_page_is_valid_html_with_every_sibling_and_three_images(diagnostics):
     examples, _, records = diagnostics
-    page = ev.explain_page(examples, records, Config(group_size=3), title="t <&>")
+    page = gate_eval.explain_page(examples, records, Config(group_size=3), title="t <&>")
     checker = TagChecker()
     checker.feed(page)
     checker.close()
