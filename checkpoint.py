@@ -216,12 +216,14 @@ def restore(ckpt, model, master, optimizer, rank, device):
 # ----------------------------------------------------------------------------------------------
 # The run directory: one run per out_dir, one writer at a time, resumed only under the settings
 # that define it. Everything here runs before any model loads; nothing is written until `begin`.
-def open_run(out_dir, cfg, free, resume, overwrite, rank, defaults=None):
+def open_run(out_dir, cfg, free, resume, overwrite, rank, defaults=None, retired=None):
     """Decide what this start is; every rank calls it, rank 0 looks and answers for all (an error
     is raised on every rank). Returns the checkpoint to resume from, or None. cfg: the run's
     settings (a dict); free: the names of those that may change on resume (limits, intervals,
     memory budgets); the others define the run and must match the saved ones, a setting the saved
-    run lacks counting as its value in `defaults` (a run saved before the setting existed).
+    run lacks counting as its value in `defaults` (a run saved before the setting existed). `retired`:
+    name -> (value, replacement) of settings the code no longer has; a saved run that set one to
+    anything but that value is refused, naming the replacement.
     resume: "no", "yes" (a checkpoint must exist) or "auto" (resume if a complete checkpoint
     exists, else start afresh in out_dir: the restart loop of preemptible nodes)."""
     if resume != "no" and overwrite:
@@ -231,7 +233,7 @@ def open_run(out_dir, cfg, free, resume, overwrite, rank, defaults=None):
     ckpt, error = None, None
     if rank == 0:
         try:
-            ckpt = _inspect(out_dir, cfg, free, resume, overwrite, defaults or {})
+            ckpt = _inspect(out_dir, cfg, free, resume, overwrite, defaults or {}, retired or {})
         except ValueError as e:
             error = e
     if dist.is_initialized():            # rank 0's answer, for every rank
@@ -245,7 +247,7 @@ def open_run(out_dir, cfg, free, resume, overwrite, rank, defaults=None):
     return ckpt
 
 
-def _inspect(out_dir, cfg, free, resume, overwrite, defaults):
+def _inspect(out_dir, cfg, free, resume, overwrite, defaults, retired):
     try:
         os.makedirs(out_dir, exist_ok=True)
         _lock(out_dir)
@@ -280,6 +282,8 @@ def _inspect(out_dir, cfg, free, resume, overwrite, defaults):
     if os.path.exists(os.path.join(out_dir, "metrics.jsonl")):
         read_metrics(os.path.join(out_dir, "metrics.jsonl"))
     differ = [d for k, v in cfg.items() if k not in free for d in _differences(k, saved.get(k, defaults.get(k, v)), v)]
+    differ += [f"{k} {saved[k]!r} -> removed ({retired[k][1]})" for k in saved
+               if k not in cfg and k in retired and saved[k] != retired[k][0]]
     if differ:
         raise ValueError(f"--resume from {found}: these settings define the run and differ from the saved ones "
                          "(saved -> now): " + "; ".join(differ)

@@ -118,3 +118,8 @@ def parse_args(argv=None, description=None):
 
 
 FREE = {f.name for f in dataclasses.fields(Config) if f.metadata["free"]}   # may change when resuming
+
+# Settings that no longer exist: name -> (the saved value that means what the code does today, what
+# replaced the other values). A saved run that set one otherwise is refused on resume, naming the
+# replacement, instead of silently continuing as another method.
+RETIRED = {"pos_view": ("box", "--method vzero-random replaced --pos-view random")}

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from config import FREE, Config, parse_args
+from config import FREE, RETIRED, Config, parse_args
 
 
 # `python train.py --help` answers here, before the imports below (torch and transformers take seconds).
@@ -269,7 +269,7 @@ def train(cfg, rank=0, world=1, device=torch.device("cpu"), examples=None):
     if set(METHODS[cfg.method].views) & {"pos", "neg"}:       # crops need boxes: refuse rows without, now
         data.check_views(examples, cfg.neg_view)
     ckpt = checkpoint.open_run(cfg.out_dir, settings, FREE, cfg.resume, cfg.overwrite, rank,
-                               defaults=dataclasses.asdict(Config()))
+                               defaults=dataclasses.asdict(Config()), retired=RETIRED)
     if ckpt and checkpoint.step_of(ckpt) >= cfg.max_steps:
         if rank == 0:
             print(f"nothing to do: {ckpt} is at step {checkpoint.step_of(ckpt)}, --max-steps is "

@@ -85,6 +85,22 @@ def test_a_setting_the_saved_run_lacks_counts_as_its_default(two_steps, tmp_path
     assert [m["step"] for m in run(out, "--max-steps", "3", "--resume")] == [3]
 
 
+def test_a_run_saved_with_a_removed_setting_resumes_only_if_it_meant_what_the_code_does_now(two_steps, tmp_path,
+                                                                                            no_model_may_load):
+    # pos_view existed before method.py: "box" is today's vzero, "random" is now --method vzero-random.
+    out = copy_of(two_steps, tmp_path)
+    saved = out / "ckpt-000002" / "train_config.json"
+    settings = json.loads(saved.read_text())
+    for value in ("random", "box"):
+        saved.write_text(json.dumps({**settings, "pos_view": value}))
+        manifest.write_manifest(out / "ckpt-000002")
+        if value == "random":
+            with pytest.raises(ValueError, match=r"define the run.*pos_view 'random' -> removed \(--method "
+                                                 r"vzero-random replaced --pos-view random\)"):
+                run(out, "--max-steps", "3", "--resume")
+    assert run(out, "--max-steps", "2", "--resume") == []          # "box": accepted (nothing left to do)
+
+
 def test_sigterm_in_one_process_stops_after_the_step_with_a_checkpoint_and_resumes_exactly(tmp_path, monkeypatch,
                                                                                            capsys):
     # The signal arrives while step 2 is being logged: step 2 ends, is saved, the run exits 143.
