@@ -3,6 +3,7 @@ When does the evidence gate help? The toy study of the paper's central claim (is
 zoom world's toy models (toy.py), with its grid PRE-REGISTERED (not to be tuned after the results):
 
     python toy_study.py                 # the whole grid, finished runs reused -> out/toy/study/
+                                        # (1 h 34 min on 2 cores; results: docs/toy.md)
     python toy_study.py --seeds 0       # a smaller run (not the registered study)
 
 - Conditions (toy.Condition): the supervised answer format {one word, a sentence, two sentences}
