@@ -52,11 +52,27 @@ def _columns(positions, vocab):
     return min(vocab, max(MIN_COLUMNS, BLOCK_VALUES // max(positions, 1)))
 
 
-def _block_logits(hidden, weight, bias, lo, width):
-    # [M, H] x [b, H] (+ [b]) -> [M, b] fp32: the product in the model's dtype (as lm_head computes
-    # it), then fp32 for the softmax (a no-op for an fp32 model).
-    block_bias = None if bias is None else bias[lo:lo + width]
-    return torch.nn.functional.linear(hidden, weight[lo:lo + width], block_bias).float()
+def _scratch(hidden, width):
+    # Flat buffers every block is written into: (the model's dtype, fp32; one buffer for an fp32
+    # model). Reused across blocks because a fresh 64 MiB block per step costs page faults that,
+    # at small hidden sizes, take longer than the block's matmul.
+    m = hidden.shape[0]
+    wide = torch.empty(m * width, dtype=torch.float32, device=hidden.device)
+    return (wide if hidden.dtype == torch.float32 else torch.empty(m * width, dtype=hidden.dtype,
+                                                                   device=hidden.device)), wide
+
+
+def _block_logits(hidden, weight, bias, lo, width, scratch):
+    # [M, H] x [b, H] (+ [b]) -> [M, b] fp32, a view of scratch[1]: the product in the model's
+    # dtype (as lm_head computes it: addmm / mm), then fp32 for the softmax.
+    block = weight[lo:lo + width]
+    size = hidden.shape[0] * block.shape[0]
+    out, wide = (buffer[:size].view(hidden.shape[0], block.shape[0]) for buffer in scratch)
+    if bias is None:
+        torch.mm(hidden, block.T, out=out)
+    else:
+        torch.addmm(bias[lo:lo + width], hidden, block.T, out=out)
+    return out if out is wide else wide.copy_(out)
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -67,13 +83,15 @@ class _TokenLogprobs(torch.autograd.Function):
         width = _columns(m, vocab)
         lse = torch.full((m,), -float("inf"), dtype=torch.float32, device=hidden.device)   # [M] running logsumexp
         target = torch.zeros(m, dtype=torch.float32, device=hidden.device)               # [M] h . W[y]
+        scratch = _scratch(hidden, width)
         for lo in range(0, vocab, width):
-            logits = _block_logits(hidden, weight, bias, lo, width)                         # [M, b]
-            lse = torch.logaddexp(lse, logits.logsumexp(-1))
+            logits = _block_logits(hidden, weight, bias, lo, width, scratch)                # [M, b]
             inside = (ids >= lo) & (ids < lo + logits.shape[1])                            # y_k in this block
             picked = logits.gather(1, (ids - lo).clamp(0, logits.shape[1] - 1)[:, None]).squeeze(1)
             target = torch.where(inside, picked, target)
-            del logits
+            # The block's logsumexp, the ops of torch.logsumexp in place (max, shift, exp, sum, log).
+            top = logits.amax(-1)                                                          # [M]
+            lse = torch.logaddexp(lse, logits.sub_(top[:, None]).exp_().sum(-1).log_().add_(top))
         ctx.save_for_backward(hidden, weight, ids, lse, bias)
         return target - lse
 
@@ -87,19 +105,20 @@ class _TokenLogprobs(torch.autograd.Function):
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device) if want_hidden else None
         grad_weight = torch.empty_like(weight) if want_weight else None
         grad_bias = torch.empty_like(bias) if want_bias else None
+        scratch = _scratch(hidden, width)
         for lo in range(0, vocab, width):
             block = weight[lo:lo + width]                                                  # [b, H]
             # d log pi(y_k) / d logits_kv = onehot(y_k)_v - softmax_v; times grad_k. In place: one [M, b].
-            dlogits = _block_logits(hidden, weight, bias, lo, width).sub_(lse[:, None]).exp_().mul_(-grad[:, None])
+            dlogits = _block_logits(hidden, weight, bias, lo, width, scratch).sub_(lse[:, None]).exp_().mul_(-grad[:, None])
             inside = (ids >= lo) & (ids < lo + block.shape[0])
             dlogits.scatter_add_(1, (ids - lo).clamp(0, block.shape[0] - 1)[:, None],
                                  torch.where(inside, grad, 0.0)[:, None])
-            dlogits = dlogits.to(hidden.dtype)                 # matmuls in the model's dtype, as lm_head's backward
+            if dlogits.dtype != hidden.dtype:                  # matmuls in the model's dtype, as lm_head's backward
+                dlogits = scratch[0][:dlogits.numel()].view(dlogits.shape).copy_(dlogits)
             if want_hidden:
                 grad_hidden += dlogits @ block                                               # [M, H]
             if want_weight:
                 torch.matmul(dlogits.T, hidden, out=grad_weight[lo:lo + width])              # [b, H]
             if want_bias:
                 grad_bias[lo:lo + width] = dlogits.sum(0)
-            del dlogits
         return None if grad_hidden is None else grad_hidden.to(hidden.dtype), grad_weight, None, grad_bias
