@@ -16,6 +16,7 @@ The same counters serve tests/test_prefix.py.
 
 import argparse
 import ctypes
+import gc
 import math
 import re
 import statistics
@@ -60,6 +61,7 @@ def peak_extra_mib(fn, device):
     """(fn's result, the most memory it held above what was held before it, MiB). On CPU this reads
     the resident set (Linux), so malloc is first told to hand every block of 64 KiB or more back to
     the system when freed: otherwise memory an earlier phase freed is reused unseen."""
+    gc.collect()            # garbage of earlier phases, freed while fn runs, would hide as much of fn's memory
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
