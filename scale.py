@@ -17,10 +17,11 @@ Peak memory: CPU resident high-water mark above the start (bench.peak_extra_mib)
 4 and 8 language-model layers and 1 and 2 vision layers. Each phase (no-grad scoring: encode +
 score, as the old log-probs and the teacher run it; the update: GroupScorer forward + backward
 under gradient checkpointing, gradients allocated beforehand) is run at a base size and with more
-answer tokens, more prompt tokens (a larger image) or more layers; the differences of the peaks
-are the unit costs (bytes per prompt token, per answer token, per layer, per vision patch), which
-docs/scale.md multiplies by the real depth and sizes. The base is also run with the full-logits
-path: the logits part before and after head.py.
+answer tokens (4 x 64 -> 4 x 256), more prompt text (+~1,000 question tokens: the language model
+alone), a larger image (196 -> 784 patches) or more layers; the differences of the peaks are the
+unit costs (bytes per answer token, per prompt token, per patch, per layer, per vision layer),
+which docs/scale.md multiplies by the real depth and sizes. The base is also run with the
+full-logits path: the logits part before and after head.py. About 25 min on 2 CPU cores.
 """
 
 import argparse
@@ -124,22 +125,34 @@ def head_benchmark(args):
 def unit_costs(args):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
-    G, T0, T1, side0, side1 = args.group_size, 64, 128, 224, 448
-    # (layers, vision layers, image side, answer tokens) -> peaks of the phases
-    runs = [(4, 1, side0, T0), (4, 1, side0, T1), (4, 1, side1, T0),
-            (8, 1, side0, T0), (8, 1, side0, T1), (8, 1, side1, T0), (4, 2, side0, T0)]
+    G, T0, T1, side0, side1, text = args.group_size, 64, 256, 224, 448, args.text_tokens
+    # A run: (layers, vision layers, image side, extra question tokens, answer tokens). The base,
+    # then one size grown at a time: the answers (T1), the prompt's TEXT (LM tokens alone, the
+    # per-prompt-token cost), the image (patches: vision tower + their LM tokens), the depth.
+    base = (4, 1, side0, 0, T0)
+    runs = [base, (4, 1, side0, 0, T1), (4, 1, side0, text, T0), (4, 1, side1, 0, T0),
+            (8, 1, side0, 0, T0), (8, 1, side0, 0, T1), (8, 1, side0, text, T0), (4, 2, side0, 0, T0)]
     peaks, sizes = {}, {}
-    for layers, vision_layers in dict.fromkeys((r[0], r[1]) for r in runs):
+    print(f"{args.shape}, {args.dtype}, {device.type}, {torch.get_num_threads()} threads: peak extra memory of "
+          f"each phase (MiB) and its seconds\n")
+    print("| layers | vision layers | prompt tokens | patches | answers | phase | peak MiB | s |")
+    print("|---:|---:|---:|---:|---|---|---:|---:|")
+    for layers, vision_layers in dict.fromkeys(r[:2] for r in runs):
         model, processor = vlm.load(f"{args.shape}:layers={layers}:vision_layers={vision_layers}", dtype=dtype,
                                     device=device, min_pixels=112 * 112, max_pixels=side1 * side1)
         prefix.enable_gradient_checkpointing(model)
         model.train()                              # checkpointing acts in training mode (no dropout in Qwen)
         vocab = model.get_output_embeddings().weight.shape[0]
+        decoder = model.model.language_model.layers
+        layer_bytes = sum(p.numel() * p.element_size() for p in decoder.parameters()) / len(decoder)
         for p in model.parameters():               # gradients allocated once: the peaks are activations
             p.grad = torch.zeros_like(p)
-        for i, (_, _, side, t) in enumerate([r for r in runs if r[:2] == (layers, vision_layers)]):
+        for i, key in enumerate([r for r in runs if r[:2] == (layers, vision_layers)]):
+            _, _, side, extra, t = key
             image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8))
-            prompts = vlm.student_prompts(processor, [image], ["What colour is the star?"]).to(device)
+            filler = " The star may be red, green or blue."     # repeated to ~`extra` more tokens
+            question = "What colour is the star?" + filler * (extra // len(processor.tokenizer(filler).input_ids))
+            prompts = vlm.student_prompts(processor, [image], [question]).to(device)
             ids = torch.randint(10, vocab, (G, t), generator=torch.Generator().manual_seed(0)).to(device)
             mask, rows = torch.ones(G, t, dtype=torch.bool, device=device), torch.zeros(G, dtype=torch.long, device=device)
 
@@ -150,43 +163,42 @@ def unit_costs(args):
             def update(scorer=prefix.GroupScorer):
                 model.zero_grad(set_to_none=False)
                 scorer(model)(prompts, rows, ids, mask).sum().backward()
-            key = (layers, vision_layers, side, t)
             phases = [("scoring", scoring), ("update", update)]
-            if key == runs[0]:
+            if key == base:
                 phases += [("scoring, full logits", lambda: scoring(score_full_logits)),
                            ("update, full logits", lambda: update(FullLogitsScorer))]
             if i == 0:                                       # warm up (first-call allocations) once per model
                 scoring()
                 update()
+            sizes[key] = (prompts["input_ids"].shape[1], int(prompts["image_grid_thw"].prod()), G * t)
             for phase, fn in phases:
+                start = time.perf_counter()
                 peaks[key + (phase,)] = peak_extra_mib(fn, device)[1] * 2**20
-                print(f"measured {key} {phase}: {peaks[key + (phase,)] / 2**20:.1f} MiB", flush=True)
-            sizes[key] = (prompts["input_ids"].shape[1], int(prompts["image_grid_thw"].prod()))
+                print(f"| {layers} | {vision_layers} | {sizes[key][0]} | {sizes[key][1]} | {G} x {t} | {phase} | "
+                      f"{peaks[key + (phase,)] / 2**20:,.1f} | {time.perf_counter() - start:.0f} |", flush=True)
+        print(f"one decoder layer's parameters (mean of the {layers}-layer cut): {layer_bytes / 2**20:,.1f} MiB", flush=True)
         del model
-    # Unit costs: differences of peaks over differences of sizes.
-    base = runs[0]
-    prompt_tokens = sizes[(4, 1, side1, T0)][0] - sizes[base][0]
-    patches = sizes[(4, 1, side1, T0)][1] - sizes[base][1]
-    print(f"\n{args.shape}, {args.dtype}, {device.type}; base: 4 layers, 1 vision layer, prompt {sizes[base][0]} tokens "
-          f"({sizes[base][1]} patches), G = {G} answers of {T0}; bytes\n")
-    print("| phase | per answer token (4 layers) | per answer token per layer | per prompt token (4 layers) | "
-          "per prompt token per layer | per layer at base | per vision layer at base (per patch) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    # Unit costs: differences of peaks over differences of sizes (bytes).
+    grow = lambda run, field: sizes[run][field] - sizes[base][field]
+    longer, texted, imaged = (4, 1, side0, 0, T1), (4, 1, side0, text, T0), (4, 1, side1, 0, T0)
+    deep = lambda run: (8,) + run[1:]
+    print(f"\n{args.shape}, {args.dtype}, {device.type}; base: 4 layers, 1 vision layer, a prompt of "
+          f"{sizes[base][0]} tokens ({sizes[base][1]} patches), G = {G} answers of {T0}; bytes\n")
+    print("| phase | per answer token: 4 layers / per layer | per prompt token: 4 layers / per layer | "
+          "per patch (its LM tokens included), 4 layers | per layer at base | per vision layer at base |")
+    print("|---|---:|---:|---:|---:|---:|")
     for phase in ("scoring", "update"):
-        at = lambda layers, side, t, vision=1: peaks[(layers, vision, side, t, phase)]
-        answer4 = (at(4, side0, T1) - at(4, side0, T0)) / (G * (T1 - T0))
-        answer8 = (at(8, side0, T1) - at(8, side0, T0)) / (G * (T1 - T0))
-        prompt4 = (at(4, side1, T0) - at(4, side0, T0)) / prompt_tokens
-        prompt8 = (at(8, side1, T0) - at(8, side0, T0)) / prompt_tokens
-        layer = (at(8, side0, T0) - at(4, side0, T0)) / 4
-        vision = at(4, side0, T0, vision=2) - at(4, side0, T0)
-        print(f"| {phase} | {answer4:,.0f} | {(answer8 - answer4) / 4:,.0f} | {prompt4:,.0f} | {(prompt8 - prompt4) / 4:,.0f} "
-              f"| {layer:,.0f} | {vision:,.0f} ({vision / sizes[base][1]:,.0f}) |")
+        at = lambda run: peaks[run + (phase,)]
+        slope = lambda run, field, layers=4: ((at(deep(run)) - at(deep(base))) if layers == 8
+                                              else (at(run) - at(base))) / grow(run, field)
+        answer4, answer8 = slope(longer, 2), slope(longer, 2, 8)
+        prompt4, prompt8 = slope(texted, 0), slope(texted, 0, 8)
+        print(f"| {phase} | {answer4:,.0f} / {(answer8 - answer4) / 4:,.0f} | {prompt4:,.0f} / {(prompt8 - prompt4) / 4:,.0f} "
+              f"| {slope(imaged, 1):,.0f} | {(at(deep(base)) - at(base)) / 4:,.0f} | {at((4, 2) + base[2:]) - at(base):,.0f} |")
     for phase in ("scoring", "update"):
         full, chunked = peaks[base + (f"{phase}, full logits",)], peaks[base + (phase,)]
         print(f"\n{phase}: full logits {full / 2**20:.1f} MiB, head.py {chunked / 2**20:.1f} MiB at the base; the logits "
               f"part per answer token: {(full - chunked) / (G * T0):,.0f} bytes before, 0 after (V = {vocab:,})")
-    print(f"\npatches per prompt token: {patches / prompt_tokens:.2f}")
 
 
 def main(argv=None):
@@ -202,6 +214,7 @@ def main(argv=None):
     units.add_argument("--shape", default="shape:qwen3_5-4b")
     units.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     units.add_argument("--group-size", type=int, default=4)
+    units.add_argument("--text-tokens", type=int, default=1024, help="question tokens added for the per-prompt-token cost")
     for p in (head, units):
         p.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
