@@ -21,7 +21,7 @@ answer tokens (4 x 64 -> 4 x 256), more prompt text (+~1,000 question tokens: th
 alone), a larger image (196 -> 784 patches) or more layers; the differences of the peaks are the
 unit costs (bytes per answer token, per prompt token, per patch, per layer, per vision layer),
 which docs/scale.md multiplies by the real depth and sizes. The base is also run with the
-full-logits path: the logits part before and after head.py. About 25 min on 2 CPU cores.
+full-logits path: the logits part before and after head.py. About 13 min on 2 CPU cores.
 """
 
 import argparse
