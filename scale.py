@@ -176,25 +176,24 @@ def unit_costs(args):
                 peaks[key + (phase,)] = peak_extra_mib(fn, device)[1] * 2**20
                 print(f"| {layers} | {vision_layers} | {sizes[key][0]} | {sizes[key][1]} | {G} x {t} | {phase} | "
                       f"{peaks[key + (phase,)] / 2**20:,.1f} | {time.perf_counter() - start:.0f} |", flush=True)
-        print(f"one decoder layer's parameters (mean of the {layers}-layer cut): {layer_bytes / 2**20:,.1f} MiB", flush=True)
         del model
     # Unit costs: differences of peaks over differences of sizes (bytes).
-    grow = lambda run, field: sizes[run][field] - sizes[base][field]
     longer, texted, imaged = (4, 1, side0, 0, T1), (4, 1, side0, text, T0), (4, 1, side1, 0, T0)
     deep = lambda run: (8,) + run[1:]
     print(f"\n{args.shape}, {args.dtype}, {device.type}; base: 4 layers, 1 vision layer, a prompt of "
-          f"{sizes[base][0]} tokens ({sizes[base][1]} patches), G = {G} answers of {T0}; bytes\n")
+          f"{sizes[base][0]} tokens ({sizes[base][1]} patches), G = {G} answers of {T0}; one decoder layer's "
+          f"parameters {layer_bytes / 2**20:,.1f} MiB (the mean of the 3 : 1 mix); bytes\n")
     print("| phase | per answer token: 4 layers / per layer | per prompt token: 4 layers / per layer | "
           "per patch (its LM tokens included), 4 layers | per layer at base | per vision layer at base |")
     print("|---|---:|---:|---:|---:|---:|")
     for phase in ("scoring", "update"):
         at = lambda run: peaks[run + (phase,)]
-        slope = lambda run, field, layers=4: ((at(deep(run)) - at(deep(base))) if layers == 8
-                                              else (at(run) - at(base))) / grow(run, field)
-        answer4, answer8 = slope(longer, 2), slope(longer, 2, 8)
-        prompt4, prompt8 = slope(texted, 0), slope(texted, 0, 8)
+        # field of sizes: 0 prompt tokens, 1 patches, 2 answer tokens
+        slope = lambda big, small, field: (at(big) - at(small)) / (sizes[big][field] - sizes[small][field])
+        answer4, answer8 = slope(longer, base, 2), slope(deep(longer), deep(base), 2)
+        prompt4, prompt8 = slope(texted, base, 0), slope(deep(texted), deep(base), 0)
         print(f"| {phase} | {answer4:,.0f} / {(answer8 - answer4) / 4:,.0f} | {prompt4:,.0f} / {(prompt8 - prompt4) / 4:,.0f} "
-              f"| {slope(imaged, 1):,.0f} | {(at(deep(base)) - at(base)) / 4:,.0f} | {at((4, 2) + base[2:]) - at(base):,.0f} |")
+              f"| {slope(imaged, base, 1):,.0f} | {(at(deep(base)) - at(base)) / 4:,.0f} | {at((4, 2) + base[2:]) - at(base):,.0f} |")
     for phase in ("scoring", "update"):
         full, chunked = peaks[base + (f"{phase}, full logits",)], peaks[base + (phase,)]
         print(f"\n{phase}: full logits {full / 2**20:.1f} MiB, head.py {chunked / 2**20:.1f} MiB at the base; the logits "
